@@ -1,0 +1,27 @@
+"""Math word-problem tasks: GSM8K data, answer grading and the safe calculator.
+
+The TFDS builder lives in :mod:`qstar_jax.tasks.gsm8k_tfds`; it is not
+imported here because importing it loads ``tensorflow_datasets``.
+"""
+
+from qstar_jax.tasks.gsm8k import Gsm8kLoadResult
+from qstar_jax.tasks.gsm8k import Gsm8kProblem
+from qstar_jax.tasks.gsm8k import MalformedRowsWarning
+from qstar_jax.tasks.gsm8k import SPLITS
+from qstar_jax.tasks.gsm8k import load_gsm8k
+from qstar_jax.tasks.gsm8k import load_gsm8k_with_stats
+from qstar_jax.tasks.gsm8k import parse_answer
+from qstar_jax.tasks.gsm8k import parse_jsonl
+from qstar_jax.tasks.gsm8k import parse_problem
+
+__all__ = [
+    "Gsm8kLoadResult",
+    "Gsm8kProblem",
+    "MalformedRowsWarning",
+    "SPLITS",
+    "load_gsm8k",
+    "load_gsm8k_with_stats",
+    "parse_answer",
+    "parse_jsonl",
+    "parse_problem",
+]
