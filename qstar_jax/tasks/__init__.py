@@ -4,6 +4,15 @@ The TFDS builder lives in :mod:`qstar_jax.tasks.gsm8k_tfds`; it is not
 imported here because importing it loads ``tensorflow_datasets``.
 """
 
+from qstar_jax.tasks.calculator import CalculatorError
+from qstar_jax.tasks.calculator import CalculatorLimits
+from qstar_jax.tasks.calculator import ClaimCheck
+from qstar_jax.tasks.calculator import DEFAULT_LIMITS
+from qstar_jax.tasks.calculator import StepCheck
+from qstar_jax.tasks.calculator import check_annotation
+from qstar_jax.tasks.calculator import check_step
+from qstar_jax.tasks.calculator import evaluate
+from qstar_jax.tasks.calculator import normalize_expression
 from qstar_jax.tasks.gsm8k import Gsm8kLoadResult
 from qstar_jax.tasks.gsm8k import Gsm8kProblem
 from qstar_jax.tasks.gsm8k import MalformedRowsWarning
@@ -15,12 +24,21 @@ from qstar_jax.tasks.gsm8k import parse_jsonl
 from qstar_jax.tasks.gsm8k import parse_problem
 
 __all__ = [
+    "CalculatorError",
+    "CalculatorLimits",
+    "ClaimCheck",
+    "DEFAULT_LIMITS",
     "Gsm8kLoadResult",
     "Gsm8kProblem",
     "MalformedRowsWarning",
     "SPLITS",
+    "StepCheck",
+    "check_annotation",
+    "check_step",
+    "evaluate",
     "load_gsm8k",
     "load_gsm8k_with_stats",
+    "normalize_expression",
     "parse_answer",
     "parse_jsonl",
     "parse_problem",
