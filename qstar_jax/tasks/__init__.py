@@ -13,6 +13,11 @@ from qstar_jax.tasks.calculator import check_annotation
 from qstar_jax.tasks.calculator import check_step
 from qstar_jax.tasks.calculator import evaluate
 from qstar_jax.tasks.calculator import normalize_expression
+from qstar_jax.tasks.grading import Grade
+from qstar_jax.tasks.grading import MODES
+from qstar_jax.tasks.grading import extract_answer
+from qstar_jax.tasks.grading import grade
+from qstar_jax.tasks.grading import normalize_number
 from qstar_jax.tasks.gsm8k import Gsm8kLoadResult
 from qstar_jax.tasks.gsm8k import Gsm8kProblem
 from qstar_jax.tasks.gsm8k import MalformedRowsWarning
@@ -30,15 +35,20 @@ __all__ = [
     "DEFAULT_LIMITS",
     "Gsm8kLoadResult",
     "Gsm8kProblem",
+    "Grade",
+    "MODES",
     "MalformedRowsWarning",
     "SPLITS",
     "StepCheck",
     "check_annotation",
     "check_step",
     "evaluate",
+    "extract_answer",
+    "grade",
     "load_gsm8k",
     "load_gsm8k_with_stats",
     "normalize_expression",
+    "normalize_number",
     "parse_answer",
     "parse_jsonl",
     "parse_problem",
