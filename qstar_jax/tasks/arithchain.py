@@ -1,0 +1,417 @@
+"""ArithChain: procedural multi-step arithmetic word problems with gold steps.
+
+Each problem is a short GSM8K-like story about one person and one kind of
+object: a starting quantity, then one sentence per operation (buying, giving
+away, getting several times as many), distractor sentences about other
+quantities, and a question. Behind every problem is a structured `Program`
+(the start value and the chain of operations); the gold solution writes one
+computation per line and the answer last::
+
+    Mia has 34 pens. Mia buys 12 more pens. Leo has 9 cups. Mia gives 5 pens
+    to Sam. How many pens does Mia have now?
+
+    34 + 12 = 46
+    46 - 5 = 41
+    #### 41
+
+Determinism and splits: problem `i` of a split is drawn from a random stream
+seeded by `(seed, split, i, attempt)`; a drawn program is accepted for the
+split only if the hash of its arithmetic signature (start value, operations
+and operands, names excluded) falls in that split's share of the hash space
+(`test_percent` of 100 buckets go to 'test'). The same program therefore can
+never appear in both splits, with whatever names and sentences, so neither can
+a problem text. Every value, intermediate ones included, lies in
+`[answer_min, answer_max]` (default 0..999).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import re
+from typing import Sequence
+
+from qstar_jax.tasks.base import Problem
+
+try:  # Shared grading and calculator, when present.
+    from qstar_jax.tasks import calculator as _calculator
+    from qstar_jax.tasks import grading as _grading
+except ImportError:  # pragma: no cover - exercised only without them.
+    _calculator = _grading = None
+
+OPERATIONS = ("+", "-", "*")
+NAMES = ("Mia", "Leo", "Sam", "Ava", "Ben", "Zoe", "Max", "Ivy", "Tom", "Eva",
+         "Noah", "Lily", "Omar", "Nina", "Ryan", "Emma", "Jack", "Ella",
+         "Liam", "Rosa")
+OBJECTS = ("apples", "pens", "cards", "stickers", "marbles", "books",
+           "cookies", "shells", "stamps", "coins", "cups", "toys", "beads",
+           "eggs", "rocks", "candles", "buttons", "balloons", "pencils",
+           "flowers")
+_START = ("{p} has {q} {o}.", "{p} starts with {q} {o}.", "{p} owns {q} {o}.")
+_ADD = ("{p} buys {q} more {o}.", "{p} finds {q} more {o}.",
+        "{x} gives {q} {o} to {p}.", "{p} gets {q} more {o}.")
+_SUB = ("{p} gives {q} {o} to {x}.", "{p} loses {q} {o}.",
+        "{p} sells {q} {o}.", "{p} uses {q} {o}.")
+_MUL = ("{p} now has {q} times as many {o}.",
+        "{p} gets {q} times as many {o}.")
+_DISTRACT = ("{x} has {q} {o}.", "{p} also has {q} {o}.",
+             "{x} buys {q} {o}.")
+_QUESTION = ("How many {o} does {p} have now?",
+             "How many {o} does {p} have in the end?")
+_TEMPLATES = {"+": _ADD, "-": _SUB, "*": _MUL}
+_STEP = re.compile(r"\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)\s*")
+_ANSWER_LINE = re.compile(r"\s*####")
+
+
+def vocabulary_words() -> tuple[str, ...]:
+    """Every word the problem texts use (sorted); for word-level tokenizers."""
+    text = " ".join(NAMES + OBJECTS + _START + _ADD + _SUB + _MUL + _DISTRACT
+                    + _QUESTION)
+    return tuple(sorted(set(re.findall(r"[A-Za-z]+", text)) - {"p", "q", "o",
+                                                               "x"}))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ArithChainConfig:
+    """Difficulty and size of the ArithChain task.
+
+    Attributes:
+      num_steps_min: fewest operations (lines of computation) per problem.
+      num_steps_max: most operations per problem (2..8 supported).
+      start_min: smallest starting quantity.
+      start_max: largest starting quantity.
+      operand_min: smallest operand of + and -.
+      operand_max: largest operand of + and -.
+      mul_max: largest multiplier of * (multipliers are 2..mul_max).
+      operations: the operations used, a subset of ('+', '-', '*').
+      num_distractors: sentences with a quantity the question does not need.
+      answer_min: smallest value any step may produce (the answer included).
+      answer_max: largest value any step may produce (the answer included).
+      test_percent: share (in percent) of the program space reserved for the
+        test split.
+      seed: the task's seed; all problems are a function of it.
+      num_train: problems in the 'train' split.
+      num_test: problems in the 'test' split.
+    """
+
+    num_steps_min: int = 2
+    num_steps_max: int = 4
+    start_min: int = 10
+    start_max: int = 99
+    operand_min: int = 2
+    operand_max: int = 30
+    mul_max: int = 4
+    operations: tuple[str, ...] = OPERATIONS
+    num_distractors: int = 1
+    answer_min: int = 0
+    answer_max: int = 999
+    test_percent: int = 10
+    seed: int = 0
+    num_train: int = 200_000
+    num_test: int = 2_000
+
+    def __post_init__(self):
+        if not 2 <= self.num_steps_min <= self.num_steps_max <= 8:
+            raise ValueError("need 2 <= num_steps_min <= num_steps_max <= 8, "
+                             f"got {self.num_steps_min}..{self.num_steps_max}")
+        if not set(self.operations) <= set(OPERATIONS) or not self.operations:
+            raise ValueError(f"operations must be a non-empty subset of "
+                             f"{OPERATIONS}, got {self.operations}")
+        if not (1 <= self.operand_min <= self.operand_max
+                and self.answer_min <= self.start_min <= self.start_max
+                <= self.answer_max and self.mul_max >= 2):
+            raise ValueError("inconsistent ranges in ArithChainConfig")
+        if self.answer_max - self.answer_min < self.operand_max:
+            raise ValueError("answer range narrower than the operand range")
+        if not 0 < self.test_percent < 100 or self.num_distractors < 0:
+            raise ValueError("test_percent must be in (0, 100) and "
+                             "num_distractors >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Program:
+    """The structured computation behind one problem.
+
+    Attributes:
+      start: the starting quantity.
+      ops: the operations, one per step ('+', '-' or '*').
+      operands: the operand of each step (the second operand; the first is
+        the previous value).
+    """
+
+    start: int
+    ops: tuple[str, ...]
+    operands: tuple[int, ...]
+
+    def values(self) -> tuple[int, ...]:
+        """[S + 1] the value before the first step and after every step."""
+        out = [self.start]
+        for op, q in zip(self.ops, self.operands):
+            out.append(_apply(op, out[-1], q))
+        return tuple(out)
+
+    @property
+    def answer(self) -> int:
+        return self.values()[-1]
+
+    def steps(self) -> tuple[str, ...]:
+        """The gold solution: S computation lines and the '#### answer' line."""
+        v = self.values()
+        lines = [f"{v[i]} {op} {q} = {v[i + 1]}"
+                 for i, (op, q) in enumerate(zip(self.ops, self.operands))]
+        return tuple(lines) + (f"#### {v[-1]}",)
+
+    def signature(self) -> str:
+        """The arithmetic identity of the program (names excluded)."""
+        return f"{self.start}|" + "|".join(
+            f"{op}{q}" for op, q in zip(self.ops, self.operands))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ArithChainProblem(Problem):
+    """A `Problem` that keeps its structured program (for the gold solver)."""
+
+    program: Program
+
+
+def _apply(op: str, a: int, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def split_of(program: Program, config: ArithChainConfig) -> str:
+    """'test' or 'train': the split a program belongs to (a hash partition)."""
+    digest = hashlib.sha256(
+        f"arithchain:{config.seed}:{program.signature()}".encode()).digest()
+    bucket = int.from_bytes(digest[:8], "big") % 100
+    return "test" if bucket < config.test_percent else "train"
+
+
+def _draw_program(rng: random.Random, c: ArithChainConfig) -> Program:
+    num_steps = rng.randint(c.num_steps_min, c.num_steps_max)
+    value = rng.randint(c.start_min, c.start_max)
+    start, ops, operands = value, [], []
+    for _ in range(num_steps):
+        choices = []
+        if "+" in c.operations and value + c.operand_min <= c.answer_max:
+            choices.append("+")
+        if "-" in c.operations and value - c.operand_min >= c.answer_min:
+            choices.append("-")
+        if "*" in c.operations and value * 2 <= c.answer_max and value > 0:
+            choices.append("*")
+        if not choices:  # Only when '+' alone is configured at the top end.
+            choices = ["-"]
+        op = rng.choice(choices)
+        if op == "+":
+            q = rng.randint(c.operand_min,
+                            min(c.operand_max, c.answer_max - value))
+        elif op == "-":
+            q = rng.randint(c.operand_min,
+                            min(c.operand_max, value - c.answer_min))
+        else:
+            q = rng.randint(2, min(c.mul_max, c.answer_max // value))
+        value = _apply(op, value, q)
+        ops.append(op)
+        operands.append(q)
+    return Program(start=start, ops=tuple(ops), operands=tuple(operands))
+
+
+def _render(program: Program, rng: random.Random, c: ArithChainConfig) -> str:
+    person, other, third = rng.sample(NAMES, 3)
+    obj = rng.choice(OBJECTS)
+    fill = dict(p=person, o=obj)
+    sentences = [rng.choice(_START).format(q=program.start, **fill)]
+    for op, q in zip(program.ops, program.operands):
+        sentences.append(rng.choice(_TEMPLATES[op]).format(
+            q=q, x=other, **fill))
+    for _ in range(c.num_distractors):
+        template = rng.choice(_DISTRACT)
+        other_obj = rng.choice([o for o in OBJECTS if o != obj])
+        q = rng.randint(c.operand_min, max(c.operand_max, c.start_max))
+        at = rng.randint(1, len(sentences))
+        sentences.insert(at, template.format(p=person, x=third, o=other_obj,
+                                             q=q))
+    sentences.append(rng.choice(_QUESTION).format(**fill))
+    return " ".join(sentences)
+
+
+class ArithChainProblems(Sequence[ArithChainProblem]):
+    """The problems of one split, generated lazily and cached by index."""
+
+    def __init__(self, config: ArithChainConfig, split: str):
+        if split not in ("train", "test"):
+            raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+        self.config, self.split = config, split
+        self._size = config.num_train if split == "train" else config.num_test
+        self._cache: dict[int, ArithChainProblem] = {}
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._size))]
+        if index < 0:
+            index += self._size
+        if not 0 <= index < self._size:
+            raise IndexError(index)
+        if index not in self._cache:
+            self._cache[index] = make_problem(self.config, self.split, index)
+        return self._cache[index]
+
+
+def make_problem(config: ArithChainConfig, split: str,
+                 index: int) -> ArithChainProblem:
+    """Problem `index` of `split` (a pure function of the config's seed)."""
+    for attempt in range(10_000):
+        rng = random.Random(f"{config.seed}:{split}:{index}:{attempt}")
+        program = _draw_program(rng, config)
+        if split_of(program, config) == split:
+            return ArithChainProblem(
+                uid=f"arithchain-{split}-{index}",
+                question=_render(program, rng, config),
+                answer=str(program.answer), solution_steps=program.steps(),
+                program=program)
+    raise RuntimeError("no program found for the split")  # pragma: no cover
+
+
+def _lines(solution: str | Sequence[str]) -> list[str]:
+    if isinstance(solution, str):
+        solution = solution.split("\n")
+    return [s for s in (line.strip() for line in solution) if s]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArithChain:
+    """The ArithChain task (implements `qstar_jax.tasks.base.Task`).
+
+    Answers are read with the grader's 'hash' mode: only a '####' line counts,
+    so a solution that never states its answer earns nothing.
+    """
+
+    config: ArithChainConfig = ArithChainConfig()
+    name: str = "arithchain"
+    step_delimiter: str = "\n"
+
+    def problems(self, split: str) -> ArithChainProblems:
+        """The problems of 'train' or 'test' (lazy, deterministic)."""
+        return ArithChainProblems(self.config, split)
+
+    def format_prompt(self, problem: Problem) -> str:
+        """The question followed by a newline; steps follow on new lines."""
+        return problem.question + "\n"
+
+    def format_solution(self, problem: Problem) -> str:
+        """Gold steps joined by newlines (no trailing newline)."""
+        return "\n".join(problem.solution_steps)
+
+    def is_finished(self, solution: str) -> bool:
+        """True once a '####' answer line has been started."""
+        return "####" in solution
+
+    def extract_answer(self, solution: str) -> str | None:
+        """The text after the last '####', or None."""
+        if _grading is not None:
+            return _grading.extract_answer(solution, mode="hash")
+        lines = [s for s in _lines(solution) if _ANSWER_LINE.match(s)]
+        return lines[-1].split("####", 1)[1].strip() if lines else None
+
+    def reward(self, problem: Problem, solution: str) -> float:
+        """1.0 when the '####' answer equals the gold answer, else 0.0."""
+        if _grading is not None:
+            return _grading.grade(solution, problem.answer, mode="hash").reward
+        return float(self.extract_answer(solution) == problem.answer)
+
+    def check_step(self, step: str) -> bool | None:
+        """The calculator's verdict on the step's claims (None: no claim)."""
+        if _calculator is not None:
+            check = _calculator.check_step(step)
+            return None if check.n_checked == 0 else check.ok
+        match = _STEP.fullmatch(step)
+        if match is None:
+            return None
+        a, op, b, c = match.groups()
+        return _apply(op, int(a), int(b)) == int(c)
+
+    def program(self, problem: Problem) -> Program:
+        """The structured program behind a problem (regenerated from its uid
+        when the problem is a plain `Problem`)."""
+        if isinstance(problem, ArithChainProblem):
+            return problem.program
+        _, split, index = problem.uid.rsplit("-", 2)
+        return make_problem(self.config, split, int(index)).program
+
+    def complete(self, problem: Problem,
+                 steps_so_far: str | Sequence[str]) -> list[str]:
+        """The stronger policy: the gold remaining steps from any state.
+
+        With k non-empty steps written, returns gold steps k+1.. (the answer
+        line included). It continues from the *correct* quantities of the
+        problem's program, whatever the written steps say: if an earlier
+        step is wrong, the completion silently repairs the chain (its first
+        line starts from the correct value), so the completion always ends
+        with the correct answer. Once a '####' line was written, or when
+        k > S, nothing is left to add and the result is empty.
+
+        Args:
+          problem: an ArithChain problem.
+          steps_so_far: the solution text so far, or its steps.
+
+        Returns:
+          The remaining steps, one string per line.
+        """
+        written = _lines(steps_so_far)
+        if any(_ANSWER_LINE.match(s) for s in written):
+            return []
+        gold = self.program(problem).steps()
+        return list(gold[len(written):])
+
+    def step_correctness(self, problem: Problem,
+                         solution: str | Sequence[str]) -> list[bool]:
+        """Per-step correctness of a written solution against the program.
+
+        Non-empty lines are steps. With S operations, gold values v_0..v_S,
+        operations op_i and operands q_i, the i-th step (1-based) is correct
+        when:
+          * i <= S: it reads `a op b = c` (integers, any spacing) with
+            op == op_i, c == a op b (arithmetically right), and it uses the
+            right quantities: (a, b) == (v_{i-1}, q_i), or (q_i, v_{i-1}) for
+            the commutative + and *. So a step that restarts from a wrong
+            earlier result is wrong, and a step after an error that again
+            uses the correct values is right.
+          * i == S + 1: it is a '####' line whose answer equals v_S.
+          * anything else (a premature or repeated '####' line, a step
+            beyond S + 1, text that is not one computation) is wrong.
+
+        Args:
+          problem: an ArithChain problem.
+          solution: the solution text or its steps.
+
+        Returns:
+          One bool per step.
+        """
+        program = self.program(problem)
+        values, n = program.values(), len(program.ops)
+        out = []
+        for i, line in enumerate(_lines(solution), start=1):
+            if i <= n:
+                out.append(self._step_ok(line, program.ops[i - 1],
+                                         values[i - 1],
+                                         program.operands[i - 1]))
+            elif i == n + 1 and _ANSWER_LINE.match(line):
+                out.append(line.split("####", 1)[1].strip() == str(values[n]))
+            else:
+                out.append(False)
+        return out
+
+    @staticmethod
+    def _step_ok(line: str, op: str, prev: int, operand: int) -> bool:
+        match = _STEP.fullmatch(line)
+        if match is None:
+            return False
+        a, got_op, b, c = match.groups()
+        a, b, c = int(a), int(b), int(c)
+        if got_op != op or _apply(op, a, b) != c:
+            return False
+        return (a, b) == (prev, operand) or (
+            op in "+*" and (a, b) == (operand, prev))
