@@ -69,6 +69,38 @@ def filter_logits(logits: jax.Array, config: SamplingConfig) -> jax.Array:
     return logits
 
 
+def _inverse_cdf(logits: jax.Array, uniforms: jax.Array,
+                 block: int = 256) -> jax.Array:
+    """Token whose cumulative probability first exceeds `uniforms`.
+
+    Two levels (block masses, then one block) keep every cumulative sum
+    short: a full-vocabulary cumsum is several times slower on CPU.
+
+    Args:
+      logits: [..., V] (-inf for removed tokens).
+      uniforms: [...] in [0, 1).
+      block: tokens per block.
+    """
+    v = logits.shape[-1]
+    nb = -(-v // block)
+    pad = nb * block - v
+    if pad:
+        fill = jnp.full(logits.shape[:-1] + (pad,), -jnp.inf, logits.dtype)
+        logits = jnp.concatenate([logits, fill], axis=-1)
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    weights = jnp.exp(logits - peak).reshape(logits.shape[:-1] + (nb, block))
+    block_mass = weights.sum(-1)                       # [..., nb]
+    cum = jnp.cumsum(block_mass, axis=-1)
+    target = uniforms * cum[..., -1]
+    j = jnp.minimum(jnp.sum(cum <= target[..., None], axis=-1), nb - 1)
+    inner = jnp.take_along_axis(weights, j[..., None, None], axis=-2)[..., 0, :]
+    before = jnp.take_along_axis(cum - block_mass, j[..., None], -1)[..., 0]
+    inner_cum = jnp.cumsum(inner, axis=-1)
+    i = jnp.minimum(jnp.sum(inner_cum <= (target - before)[..., None], -1),
+                    block - 1)
+    return j * block + i
+
+
 def sample_tokens(logits: jax.Array, uniforms: jax.Array,
                   config: SamplingConfig) -> jax.Array:
     """Draws one token per row.
@@ -84,15 +116,11 @@ def sample_tokens(logits: jax.Array, uniforms: jax.Array,
     if config.greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     filtered = filter_logits(logits, config)
-    probs = jax.nn.softmax(filtered, axis=-1)
-    cdf = jnp.cumsum(probs, axis=-1)
-    target = uniforms[..., None] * cdf[..., -1:]
-    token = jnp.sum(cdf <= target, axis=-1)
-    # Guard the float edge (target == total) and never pick a removed token.
-    token = jnp.minimum(token, logits.shape[-1] - 1)
+    token = _inverse_cdf(filtered, uniforms)
+    # Guard float edges: never return a removed (-inf) token.
+    picked = jnp.take_along_axis(filtered, token[..., None], -1)[..., 0]
     best = jnp.argmax(filtered, axis=-1)
-    ok = jnp.take_along_axis(probs, token[..., None], axis=-1)[..., 0] > 0
-    return jnp.where(ok, token, best).astype(jnp.int32)
+    return jnp.where(picked > -jnp.inf, token, best).astype(jnp.int32)
 
 
 def row_uniforms(keys: jax.Array, num_samples: int,

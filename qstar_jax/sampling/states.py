@@ -1,0 +1,108 @@
+"""Host-side preparation of decoder inputs: padded state arrays, stop rules.
+
+These run once per call on the host (Python lists in, fixed-shape arrays
+out) and reject what the jitted code cannot represent: an empty state, a state
+longer than the prefix cache, or a cache longer than the model's context.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from qstar_jax.models.config import DecoderConfig
+from qstar_jax.sampling.decode import StopRule
+
+
+class CacheOverflowError(ValueError):
+    """A prompt or state does not fit the cache it is meant for."""
+
+
+class _Vocabulary(Protocol):
+    vocab_size: int
+    eos_id: int | None
+
+    def token_texts(self) -> list[str]: ...
+
+
+def pad_states(states: Sequence[Sequence[int]], width: int,
+               pad_id: int = 0) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Right-pads token lists into a fixed [B, width] array.
+
+    Args:
+      states: B token-id lists (prompt plus steps so far), each non-empty.
+      width: P, the prefix-cache length.
+      pad_id: filler id (never attended to).
+
+    Returns:
+      tokens [B, P] int32 and lengths [B] int32.
+
+    Raises:
+      CacheOverflowError: a state longer than P.
+      ValueError: no states, or an empty state.
+    """
+    if not states:
+        raise ValueError("no states given")
+    tokens = np.full((len(states), width), pad_id, np.int32)
+    for i, state in enumerate(states):
+        if len(state) == 0:
+            raise ValueError(f"state {i} is empty; a state needs at least "
+                             "one token (for example the prompt)")
+        if len(state) > width:
+            raise CacheOverflowError(
+                f"state {i} has {len(state)} tokens but the prefix cache "
+                f"holds {width}; raise the cache length or shorten the prompt")
+        tokens[i, :len(state)] = state
+    return jnp.asarray(tokens), jnp.asarray([len(s) for s in states],
+                                            jnp.int32)
+
+
+def check_context(config: DecoderConfig, prefix_tokens: int,
+                  new_tokens: int) -> None:
+    """Raises CacheOverflowError when prefix + new tokens exceed the context."""
+    total = prefix_tokens + new_tokens
+    if total > config.max_seq_len:
+        raise CacheOverflowError(
+            f"a cache of {prefix_tokens} prefix + {new_tokens} new tokens = "
+            f"{total} exceeds the model's context of {config.max_seq_len}")
+
+
+def stop_rule(vocab: _Vocabulary, *, delimiter: str | None = "\n",
+              end_ids: Sequence[int] | None = None,
+              final_marker: str | None = None) -> StopRule:
+    """Builds a `StopRule` from a tokenizer's vocabulary.
+
+    Args:
+      vocab: a tokenizer (`vocab_size`, `eos_id`, `token_texts()`).
+      delimiter: a step ends at any token whose text contains it (None: no
+        delimiter, for rollouts).
+      end_ids: tokens that end the solution (default: the tokenizer's EOS).
+      final_marker: a step containing a token whose text contains it is the
+        final-answer step (for example '#'), or None.
+
+    Returns:
+      The `StopRule` ([V] boolean masks).
+    """
+    texts = vocab.token_texts()
+    size = vocab.vocab_size
+
+    def mask(predicate):
+        out = np.zeros(size, bool)
+        for i, text in enumerate(texts[:size]):
+            out[i] = predicate(text)
+        return out
+
+    end = np.zeros(size, bool)
+    ids = list(end_ids) if end_ids is not None else [vocab.eos_id]
+    for i in ids:
+        if i is None or not 0 <= i < size:
+            raise ValueError(f"end token id {i} is not in the vocabulary")
+        end[i] = True
+    delim = mask(lambda t: delimiter in t) if delimiter else np.zeros(size,
+                                                                      bool)
+    final = mask(lambda t: final_marker in t) if final_marker else \
+        np.zeros(size, bool)
+    return StopRule(delimiter=jnp.asarray(delim & ~end),
+                    end=jnp.asarray(end), final=jnp.asarray(final))
