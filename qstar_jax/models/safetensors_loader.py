@@ -56,9 +56,26 @@ def config_from_hf(hf: dict, **overrides) -> DecoderConfig:
         raise CheckpointError(
             f"unsupported model_type {model_type!r}; supported: "
             f"{MODEL_TYPES}")
-    if hf.get("rope_scaling"):
-        raise CheckpointError(
-            f"rope_scaling {hf['rope_scaling']!r} is not supported")
+    # transformers 5 writes rope_parameters {rope_theta, rope_type, ...};
+    # older configs have a top-level rope_theta and optional rope_scaling.
+    rope = hf.get("rope_parameters") or {}
+    if not isinstance(rope, dict):
+        raise CheckpointError(f"invalid rope_parameters {rope!r}")
+    for key in ("rope_parameters", "rope_scaling"):
+        params = hf.get(key)
+        if not params:
+            continue
+        # rope_parameters without a type is plain rotary (theta only).
+        unnamed = "default" if key == "rope_parameters" else None
+        kind = (params.get("rope_type", params.get("type", unnamed))
+                if isinstance(params, dict) else None)
+        if kind != "default":
+            raise CheckpointError(
+                f"{key} {params!r} is not supported (rope scaling "
+                f"{kind!r}; only unscaled 'default' rotary embeddings)")
+    theta = hf.get("rope_theta")
+    if theta is None:
+        theta = rope.get("rope_theta", 10_000.0)
     try:
         heads = int(hf["num_attention_heads"])
         width = int(hf["hidden_size"])
@@ -70,7 +87,7 @@ def config_from_hf(hf: dict, **overrides) -> DecoderConfig:
             num_kv_heads=int(hf.get("num_key_value_heads") or heads),
             head_dim=int(hf.get("head_dim") or width // heads),
             intermediate_size=int(hf["intermediate_size"]),
-            rope_theta=float(hf.get("rope_theta", 10_000.0)),
+            rope_theta=float(theta),
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             qkv_bias=(model_type == "qwen2"
