@@ -2,10 +2,13 @@
 
 Measures, in one run:
   * float32 matmul GFLOP/s of this machine at the decoder's shapes;
+  * memory read bandwidth (GB/s) of a large reduction;
   * for batch sizes 1, 8 and 64 with a 256-token cache (32 prompt tokens,
     224 generated): prefill time, decode tokens/s (the jitted while-loop
     only) and end-to-end tokens/s, plus the fraction of the compute-bound
-    limit (peak matmul GFLOP/s / forward FLOPs per token) the decode reaches;
+    limit (peak matmul GFLOP/s / forward FLOPs per token) and of the
+    roofline limit (each step at the slower of compute and memory traffic)
+    that the decode reaches;
   * if torch + transformers are importable here (or an interpreter that has
     them is given with --torch-python), HF transformers `generate` on the same
     GGUF, batch and token counts, and our speed-up over it.
@@ -60,6 +63,32 @@ def matmul_gflops(shapes, repeats: int = 20) -> dict:
         seconds = best_time(lambda: f(a, b), repeats)
         out[f"{m}x{k}x{n}"] = 2 * m * k * n / seconds / 1e9
     return out
+
+
+def memory_gbps(megabytes: int = 512, repeats: int = 10) -> float:
+    """Read bandwidth (GB/s) of a jitted reduction over a large array."""
+    x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
+    f = jax.jit(jnp.sum)
+    f(x).block_until_ready()
+    return x.nbytes / best_time(lambda: f(x), repeats) / 1e9
+
+
+def roofline_tokens_per_s(config, batch: int, prompt: int, new: int,
+                          peak_gflops: float, gbps: float) -> float:
+    """Tokens/s if every decode step ran at the slower of compute and memory.
+
+    A step reads every parameter once and the whole key/value cache (as the
+    fixed-shape attention does), and computes `flops_per_token` per row.
+    """
+    params = config.num_parameters() * 4
+    cache = (2 * config.num_layers * batch * config.num_kv_heads
+             * (prompt + new) * config.head_dim * 4)
+    seconds = 0.0
+    for t in range(new):
+        flops = batch * config.flops_per_token(prompt + t)
+        seconds += max(flops / (peak_gflops * 1e9), (params + cache) /
+                       (gbps * 1e9))
+    return batch * new / seconds
 
 
 def prompt_ids(length: int) -> list[int]:
@@ -143,6 +172,7 @@ def main():
     gflops = matmul_gflops([(64, 576, 1536), (64, 1536, 576),
                             (64, 576, 49152), (1024, 1024, 1024)])
     peak = max(gflops.values())
+    gbps = memory_gbps()
     model, config = load_gguf(smollm2_gguf_path())
     ids = prompt_ids(args.prompt_tokens)
     mean_flops = float(np.mean([
@@ -156,6 +186,10 @@ def main():
                          args.repeats)
         row["compute_bound_tokens_per_s"] = limit
         row["fraction_of_compute_bound"] = row["decode_tokens_per_s"] / limit
+        roof = roofline_tokens_per_s(config, batch, args.prompt_tokens,
+                                     new_tokens, peak, gbps)
+        row["roofline_tokens_per_s"] = roof
+        row["fraction_of_roofline"] = row["decode_tokens_per_s"] / roof
         if hf_python:
             hf_tokens = args.hf_new_tokens or new_tokens
             hf = bench_hf(hf_python, smollm2_gguf_path(), ids, batch,
@@ -174,6 +208,7 @@ def main():
                     "jax": jax.__version__,
                     "devices": [str(d) for d in jax.devices()]},
         "matmul_gflops": gflops, "peak_matmul_gflops": peak,
+        "memory_read_gbps": gbps,
         "forward_flops_per_token_mean": mean_flops,
         "compute_bound_tokens_per_s": limit, "results": rows,
         "hf_python": hf_python,

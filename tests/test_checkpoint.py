@@ -29,7 +29,7 @@ from qstar_jax.models.safetensors_loader import (config_from_hf,
                                                  load_safetensors)
 from qstar_jax.sampling.decode import StopRule, forward_logits
 from qstar_jax.sampling.proposer import rollout
-from tests.conftest import FIXTURES
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 _T = gguf.GGMLQuantizationType
 LOSSY_TYPES = (_T.F16, _T.BF16, _T.Q8_0, _T.Q4_0, _T.Q4_1)

@@ -15,7 +15,7 @@ import pytest
 from qstar_jax.sampling.decode import StopRule, forward_logits
 from qstar_jax.sampling.logits import GREEDY
 from qstar_jax.sampling.proposer import rollout
-from tests.conftest import FIXTURES
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 with open(os.path.join(FIXTURES, "smollm2_hf_reference.json")) as f:
     REFERENCE = json.load(f)
