@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 
@@ -93,6 +94,17 @@ class DecoderConfig:
         matmul = d * q + 2 * d * kv + q * d + 3 * d * f
         attn = 2 * self.num_heads * self.head_dim * (context + 1)
         return 2 * (self.num_layers * (matmul + attn) + d * v)
+
+
+def backend_dtype(backend: str | None = None) -> str:
+    """Activation dtype for a backend: 'float32' on CPU (bfloat16 is emulated
+    and slow there), 'bfloat16' on GPU and TPU.
+
+    Example:
+      >>> model, config = load_gguf(path, dtype=backend_dtype())
+    """
+    backend = backend or jax.default_backend()
+    return "float32" if backend == "cpu" else "bfloat16"
 
 
 def smollm2_135m(**overrides) -> DecoderConfig:
