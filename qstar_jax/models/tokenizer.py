@@ -5,28 +5,30 @@ reasoning steps needs: the model's special ids, per-id token texts and boolean
 masks over the vocabulary (e.g. the newline tokens that end a step), and the
 model's own jinja chat template rendered the way Hugging Face transformers does.
 
-GGUF files only carry a pre-tokenizer *label* (``tokenizer.ggml.pre``); the
-regular expressions behind each label live in llama.cpp
-(``src/llama-vocab.cpp``, constructor of ``llm_tokenizer_bpe``) and are copied
-below for the labels this module supports.
+The pieces live beside it: :mod:`qstar_jax.models.pretokenizers` (llama.cpp's
+pre-tokenizers per GGUF label), :mod:`qstar_jax.models.tokenizer_files` (reading
+GGUF metadata and tokenizer.json), :mod:`qstar_jax.models.chat_template`
+(the jinja sandbox) and :mod:`qstar_jax.models.tokenizer_errors`.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import gguf
-import jinja2
-import jinja2.ext
 import numpy as np
 import tokenizers
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+
+from qstar_jax.models.chat_template import compile_chat_template, render_chat_template
+from qstar_jax.models.pretokenizers import SUPPORTED_PRE_TYPES, build_pre_tokenizer
+from qstar_jax.models.tokenizer_errors import TokenizerError
+from qstar_jax.models.tokenizer_files import (
+    TokenizerParts,
+    open_gguf,
+    read_gguf_tokenizer,
+    read_tokenizer_json,
+)
 
 __all__ = [
     "SUPPORTED_PRE_TYPES",
@@ -35,156 +37,6 @@ __all__ = [
     "build_pre_tokenizer",
 ]
 
-
-class TokenizerError(ValueError):
-    """A tokenizer could not be built or used; the message names the cause."""
-
-
-# --------------------------------------------------------------------------- #
-# Pre-tokenizer regular expressions, copied from ggml-org/llama.cpp
-# src/llama-vocab.cpp (llm_tokenizer_bpe constructor, `regex_exprs`).
-# --------------------------------------------------------------------------- #
-
-# LLAMA_VOCAB_PRE_TYPE_GPT2 (and the second expression of SMOLLM / DEFAULT).
-_GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-
-# LLAMA_VOCAB_PRE_TYPE_LLAMA3. llama.cpp's rewrite of the tokenizer.json regex
-# "(?i:'s|'t|'re|'ve|'m|'ll|'d)|..." with the case-insensitive group spelled out.
-_LLAMA3_PATTERN = (
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
-    r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-# LLAMA_VOCAB_PRE_TYPE_QWEN2: as LLAMA3 but digits are split one by one.
-_QWEN2_PATTERN = (
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
-    r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-# LLAMA_VOCAB_PRE_TYPE_DEFAULT (also used by llama.cpp when the label is missing):
-# four expressions applied one after another.
-_DEFAULT_PATTERNS = (
-    r"[\p{P}\$\+<=>\^~\|]+",
-    _GPT2_PATTERN,
-    r"\p{N}+",
-    r"[0-9][0-9][0-9]",
-)
-
-# tokenizer.ggml.pre label -> canonical kind (label spellings as in llama.cpp's
-# llama_vocab::impl::load, plus "gpt2" as an alias of llama.cpp's "gpt-2").
-_PRE_KINDS: dict[str, str] = {
-    "smollm": "smollm",
-    "gpt-2": "gpt2",
-    "gpt2": "gpt2",
-    "default": "default",
-    "llama3": "llama3",
-    "llama-v3": "llama3",
-    "llama-bpe": "llama3",
-    "qwen2": "qwen2",
-}
-
-SUPPORTED_PRE_TYPES: tuple[str, ...] = tuple(sorted(_PRE_KINDS))
-
-# GGUF token types (gguf.TokenType): CONTROL tokens are special, USER_DEFINED
-# tokens are matched verbatim in text but are not special.
-_TOKEN_TYPE_UNKNOWN = 2
-_TOKEN_TYPE_CONTROL = 3
-_TOKEN_TYPE_USER_DEFINED = 4
-
-
-def _isolated_split(pattern: str) -> pre_tokenizers.PreTokenizer:
-    """Split that keeps every regex match (and every gap) as its own piece."""
-    return pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False)
-
-
-def build_pre_tokenizer(pre_type: str, source: str = "<unknown>") -> pre_tokenizers.PreTokenizer:
-    """Builds the pre-tokenizer that llama.cpp uses for a ``tokenizer.ggml.pre`` label.
-
-    Args:
-        pre_type: the GGUF label, one of :data:`SUPPORTED_PRE_TYPES`.
-        source: file or model name used in error messages.
-
-    Returns:
-        A ``tokenizers`` pre-tokenizer that splits text and maps bytes to the
-        GPT-2 byte-level alphabet.
-
-    Raises:
-        TokenizerError: the label is not supported.
-    """
-    kind = _PRE_KINDS.get(pre_type)
-    if kind is None:
-        raise TokenizerError(
-            f"{source}: unsupported pre-tokenizer type tokenizer.ggml.pre={pre_type!r}; "
-            f"supported: {', '.join(SUPPORTED_PRE_TYPES)}"
-        )
-    if kind == "smollm":
-        return pre_tokenizers.Sequence([
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ])
-    if kind == "gpt2":
-        return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    patterns = {
-        "llama3": (_LLAMA3_PATTERN,),
-        "qwen2": (_QWEN2_PATTERN,),
-        "default": _DEFAULT_PATTERNS,
-    }[kind]
-    return pre_tokenizers.Sequence(
-        [_isolated_split(p) for p in patterns]
-        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-    )
-
-
-# --------------------------------------------------------------------------- #
-# Chat templates, rendered as in transformers' `_compile_jinja_template`.
-# --------------------------------------------------------------------------- #
-
-def _raise_exception(message: str) -> None:
-    """Template helper: aborts rendering with the template's own message."""
-    raise jinja2.exceptions.TemplateError(message)
-
-
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
-            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
-    """Template filter ``tojson`` without HTML escaping (as transformers does)."""
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent,
-                      separators=separators, sort_keys=sort_keys)
-
-
-def _strftime_now(fmt: str) -> str:
-    """Template helper: the current local time formatted with ``fmt``."""
-    return datetime.datetime.now().strftime(fmt)
-
-
-def _compile_chat_template(source: str, name: str) -> Any:
-    """Compiles a chat template in an immutable jinja sandbox.
-
-    Args:
-        source: the jinja template text.
-        name: model name for error messages.
-
-    Returns:
-        A compiled ``jinja2.Template``.
-
-    Raises:
-        TokenizerError: the template does not parse.
-    """
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    try:
-        return env.from_string(source)
-    except jinja2.TemplateError as exc:
-        raise TokenizerError(f"{name}: chat template does not parse: {exc}") from exc
-
-
-# --------------------------------------------------------------------------- #
-# The tokenizer.
-# --------------------------------------------------------------------------- #
 
 class Tokenizer:
     """A byte-level BPE tokenizer with the model's special ids and chat template.
@@ -296,16 +148,7 @@ class Tokenizer:
             TokenizerError: the file is missing, unreadable or truncated, or its
                 tokenizer is not a supported byte-level BPE.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise TokenizerError(f"GGUF file not found: {path}")
-        try:
-            reader = gguf.GGUFReader(path)
-        except Exception as exc:  # gguf raises ValueError/IndexError/... on bad files
-            raise TokenizerError(
-                f"cannot read GGUF file {path} (truncated or not a GGUF file): "
-                f"{type(exc).__name__}: {exc}") from exc
-        return cls.from_gguf_reader(reader, str(path))
+        return cls.from_gguf_reader(open_gguf(path), str(Path(path)))
 
     @classmethod
     def from_gguf_reader(cls, reader: Any, name: str) -> Tokenizer:
@@ -322,59 +165,7 @@ class Tokenizer:
             TokenizerError: a required ``tokenizer.*`` field is missing or
                 malformed, or the tokenizer model / pre-tokenizer is unsupported.
         """
-        fields = _GGUFFields(reader, name)
-        model = fields.get("tokenizer.ggml.model", str, required=True)
-        if model != "gpt2":
-            raise TokenizerError(
-                f"{name}: unsupported tokenizer model tokenizer.ggml.model={model!r}; "
-                "only 'gpt2' (byte-level BPE) is supported")
-        pre = fields.get("tokenizer.ggml.pre", str)
-        if pre is None:
-            warnings.warn(f"{name}: GGUF has no tokenizer.ggml.pre; using llama.cpp's "
-                          "'default' pre-tokenizer", stacklevel=2)
-            pre = "default"
-        pre_tokenizer = build_pre_tokenizer(pre, name)
-
-        tokens = fields.get_list("tokenizer.ggml.tokens", str, required=True)
-        merges_raw = fields.get_list("tokenizer.ggml.merges", str, required=True)
-        token_types = fields.get_list("tokenizer.ggml.token_type", int)
-        if token_types is not None and len(token_types) != len(tokens):
-            raise TokenizerError(
-                f"{name}: tokenizer.ggml.token_type has {len(token_types)} entries "
-                f"but tokenizer.ggml.tokens has {len(tokens)}")
-        n_vocab = len(tokens)
-        if n_vocab == 0:
-            raise TokenizerError(f"{name}: tokenizer.ggml.tokens is empty")
-
-        def token_id(key: str) -> int | None:
-            value = fields.get(key, int)
-            if value is not None and not 0 <= value < n_vocab:
-                raise TokenizerError(f"{name}: {key}={value} is outside [0, {n_vocab})")
-            return value
-
-        bos_id = token_id("tokenizer.ggml.bos_token_id")
-        eos_id = token_id("tokenizer.ggml.eos_token_id")
-        pad_id = token_id("tokenizer.ggml.padding_token_id")
-        unk_id = token_id("tokenizer.ggml.unknown_token_id")
-        add_bos = fields.get("tokenizer.ggml.add_bos_token", bool)
-        if add_bos is None:  # llama.cpp's default: only the llama3 family adds BOS
-            add_bos = _PRE_KINDS[pre] == "llama3"
-        chat_template = fields.get("tokenizer.chat_template", str)
-
-        if token_types is None:
-            special = sorted({i for i in (bos_id, eos_id, pad_id, unk_id) if i is not None})
-            user_defined: list[int] = []
-        else:
-            special = [i for i, t in enumerate(token_types)
-                       if t in (_TOKEN_TYPE_CONTROL, _TOKEN_TYPE_UNKNOWN)]
-            user_defined = [i for i, t in enumerate(token_types)
-                            if t == _TOKEN_TYPE_USER_DEFINED]
-        backend = _byte_level_bpe(tokens, _split_merges(merges_raw, name), pre_tokenizer,
-                                  ignore_merges=_PRE_KINDS[pre] == "llama3", name=name)
-        _register_added_tokens(backend, tokens, special, user_defined, name)
-        return cls(backend, name=name, vocab_size=n_vocab, bos_id=bos_id, eos_id=eos_id,
-                   pad_id=pad_id, unk_id=unk_id, add_bos=bool(add_bos),
-                   chat_template=chat_template, special_ids=special)
+        return cls._from_parts(read_gguf_tokenizer(reader, name))
 
     @classmethod
     def from_tokenizer_json(cls, path_or_dir: str | Path) -> Tokenizer:
@@ -397,66 +188,15 @@ class Tokenizer:
             TokenizerError: a file is missing or not valid JSON, the tokenizer
                 does not load, or a named special token is not in the vocabulary.
         """
-        path = Path(path_or_dir)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        if not path.is_file():
-            raise TokenizerError(f"tokenizer.json not found: {path}")
-        text = _read_text(path)
-        _parse_json(text, path)
-        try:
-            backend = tokenizers.Tokenizer.from_str(text)
-        except Exception as exc:
-            raise TokenizerError(f"cannot load tokenizer from {path}: {exc}") from exc
-        name = str(path)
+        return cls._from_parts(read_tokenizer_json(path_or_dir))
 
-        folder = path.parent
-        tok_cfg = _read_optional_json(folder / "tokenizer_config.json")
-        model_cfg = _read_optional_json(folder / "config.json")
-
-        def special_id(key: str) -> int | None:
-            content = _token_content(tok_cfg.get(key), key, folder / "tokenizer_config.json")
-            if content is not None:
-                idx = backend.token_to_id(content)
-                if idx is None:
-                    raise TokenizerError(f"{name}: {key}={content!r} from tokenizer_config.json "
-                                         "is not in the vocabulary")
-                return idx
-            fallback = model_cfg.get(f"{key}_id")
-            if isinstance(fallback, list):  # e.g. several stop ids; the first is primary
-                fallback = fallback[0] if fallback else None
-            if fallback is not None and not isinstance(fallback, int):
-                raise TokenizerError(f"{folder / 'config.json'}: {key}_id={fallback!r} "
-                                     "is not an integer")
-            return fallback
-
-        bos_id = special_id("bos_token")
-        eos_id = special_id("eos_token")
-        pad_id = special_id("pad_token")
-        unk_id = special_id("unk_token")
-
-        add_bos = tok_cfg.get("add_bos_token")
-        if add_bos is None:
-            with_special = backend.encode("a", add_special_tokens=True).ids
-            without = backend.encode("a", add_special_tokens=False).ids
-            add_bos = (bos_id is not None and len(with_special) > len(without)
-                       and with_special[0] == bos_id)
-        elif not isinstance(add_bos, bool):
-            raise TokenizerError(f"{folder / 'tokenizer_config.json'}: add_bos_token="
-                                 f"{add_bos!r} is not a boolean")
-
-        chat_template = _select_chat_template(tok_cfg.get("chat_template"),
-                                              folder / "tokenizer_config.json")
-        jinja_file = folder / "chat_template.jinja"
-        if chat_template is None and jinja_file.is_file():
-            chat_template = _read_text(jinja_file)
-
-        vocab_size = model_cfg.get("vocab_size")
-        if vocab_size is not None and not isinstance(vocab_size, int):
-            raise TokenizerError(f"{folder / 'config.json'}: vocab_size={vocab_size!r} "
-                                 "is not an integer")
-        return cls(backend, name=name, vocab_size=vocab_size, bos_id=bos_id, eos_id=eos_id,
-                   pad_id=pad_id, unk_id=unk_id, add_bos=add_bos, chat_template=chat_template)
+    @classmethod
+    def _from_parts(cls, parts: TokenizerParts) -> Tokenizer:
+        """Builds the tokenizer from what a file reader returned."""
+        return cls(parts.backend, name=parts.name, vocab_size=parts.vocab_size,
+                   bos_id=parts.bos_id, eos_id=parts.eos_id, pad_id=parts.pad_id,
+                   unk_id=parts.unk_id, add_bos=parts.add_bos,
+                   chat_template=parts.chat_template, special_ids=parts.special_ids)
 
     # ----------------------------------------------------------------- #
     # Encoding and decoding.
@@ -645,19 +385,15 @@ class Tokenizer:
             raise TokenizerError(f"{self.name}: the model has no chat template "
                                  "(no tokenizer.chat_template / chat_template in its metadata)")
         if self._compiled_template is None:
-            self._compiled_template = _compile_chat_template(self.chat_template, self.name)
+            self._compiled_template = compile_chat_template(self.chat_template, self.name)
         variables: dict[str, Any] = {}
         for key, idx in (("bos_token", self.bos_id), ("eos_token", self.eos_id),
                          ("pad_token", self.pad_id), ("unk_token", self.unk_id)):
             if idx is not None:
                 variables[key] = self.backend.id_to_token(idx)
         variables.update(template_kwargs)
-        try:
-            return self._compiled_template.render(
-                messages=[dict(m) for m in messages],
-                add_generation_prompt=add_generation_prompt, **variables)
-        except jinja2.TemplateError as exc:
-            raise TokenizerError(f"{self.name}: chat template failed: {exc}") from exc
+        return render_chat_template(self._compiled_template, messages,
+                                    add_generation_prompt, variables, self.name)
 
     # ----------------------------------------------------------------- #
     # Helpers.
@@ -674,141 +410,7 @@ class Tokenizer:
         return [self.bos_id, *ids]
 
 
-class _GGUFFields:
-    """Typed access to a GGUF reader's metadata with errors naming the file."""
-
-    def __init__(self, reader: Any, name: str) -> None:
-        self._fields = reader.fields
-        self._name = name
-
-    def _contents(self, key: str, required: bool) -> Any:
-        field = self._fields.get(key)
-        if field is None:
-            if required:
-                raise TokenizerError(f"{self._name}: GGUF metadata has no {key!r}")
-            return None
-        try:
-            return field.contents()
-        except Exception as exc:
-            raise TokenizerError(f"{self._name}: cannot read GGUF field {key!r}: {exc}") from exc
-
-    def get(self, key: str, kind: type, required: bool = False) -> Any:
-        """Returns a scalar field checked to be of ``kind`` (None when absent)."""
-        value = self._contents(key, required)
-        if value is None:
-            return None
-        if kind is bool:
-            ok = isinstance(value, (bool, np.bool_))
-        elif kind is int:
-            ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, kind)
-        if not ok:
-            raise TokenizerError(f"{self._name}: GGUF field {key!r} should be "
-                                 f"{kind.__name__}, got {value!r:.80}")
-        return kind(value)
-
-    def get_list(self, key: str, kind: type, required: bool = False) -> list[Any] | None:
-        """Returns an array field whose elements are all ``kind`` (None when absent)."""
-        value = self._contents(key, required)
-        if value is None:
-            return None
-        if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
-            raise TokenizerError(f"{self._name}: GGUF field {key!r} should be an array "
-                                 f"of {kind.__name__}")
-        return value
-
-
-def _split_merges(merges: list[str], name: str) -> list[tuple[str, str]]:
-    """Splits GGUF merges ``"a b"`` at the first space after position 0, as llama.cpp does."""
-    pairs = []
-    for i, merge in enumerate(merges):
-        cut = merge.find(" ", 1)
-        if cut < 0:
-            raise TokenizerError(f"{name}: tokenizer.ggml.merges[{i}]={merge!r} "
-                                 "is not two tokens separated by a space")
-        pairs.append((merge[:cut], merge[cut + 1:]))
-    return pairs
-
-
-def _byte_level_bpe(tokens: list[str], merges: list[tuple[str, str]],
-                    pre_tokenizer: pre_tokenizers.PreTokenizer, *, ignore_merges: bool,
-                    name: str) -> tokenizers.Tokenizer:
-    """A byte-level BPE ``tokenizers.Tokenizer`` over ``tokens`` (id = list position)."""
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    try:
-        bpe = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges)
-    except Exception as exc:  # the Rust side raises plain Exception subclasses
-        raise TokenizerError(f"{name}: cannot build the BPE model: {exc}") from exc
-    backend = tokenizers.Tokenizer(bpe)
-    backend.pre_tokenizer = pre_tokenizer
-    backend.decoder = decoders.ByteLevel()
-    return backend
-
-
-def _register_added_tokens(backend: tokenizers.Tokenizer, tokens: list[str],
-                           special: list[int], user_defined: list[int], name: str) -> None:
-    """Registers special and user-defined tokens so text containing them splits there."""
-    backend.add_special_tokens(
-        [AddedToken(tokens[i], special=True, normalized=False) for i in special])
-    backend.add_tokens(
-        [AddedToken(tokens[i], special=False, normalized=False) for i in user_defined])
-    for i in [*special, *user_defined]:
-        if backend.token_to_id(tokens[i]) != i:
-            raise TokenizerError(f"{name}: token {tokens[i]!r} (id {i}) appears more than "
-                                 "once in tokenizer.ggml.tokens")
-
-
 def _backend_id_count(backend: tokenizers.Tokenizer) -> int:
     """Largest id known to the backend (vocabulary or added tokens) plus one."""
     vocab = backend.get_vocab(with_added_tokens=True)
     return max(vocab.values()) + 1 if vocab else 0
-
-
-def _read_text(path: Path) -> str:
-    """Reads a UTF-8 text file, turning I/O and decoding errors into TokenizerError."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TokenizerError(f"cannot read {path}: {exc}") from exc
-
-
-def _parse_json(text: str, path: Path) -> Any:
-    """Parses JSON text, naming the file and position on failure."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TokenizerError(f"{path} is not valid JSON: {exc}") from exc
-
-
-def _read_optional_json(path: Path) -> dict[str, Any]:
-    """Reads a JSON object file if it exists; an empty dict otherwise."""
-    if not path.is_file():
-        return {}
-    data = _parse_json(_read_text(path), path)
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path} should hold a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _token_content(value: Any, key: str, path: Path) -> str | None:
-    """The text of a special token given as a string or an AddedToken dict."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, dict) and isinstance(value.get("content"), str):
-        return value["content"]
-    raise TokenizerError(f"{path}: {key}={value!r:.80} is neither a string nor a token dict")
-
-
-def _select_chat_template(value: Any, path: Path) -> str | None:
-    """The chat template from ``tokenizer_config.json`` (the 'default' of a named list)."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
-        template = named.get("default")
-        if isinstance(template, str):
-            return template
-        if template is None:
-            return None
-    raise TokenizerError(f"{path}: chat_template has an unexpected form ({type(value).__name__})")
