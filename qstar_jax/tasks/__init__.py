@@ -1,4 +1,4 @@
-"""Math word-problem tasks: GSM8K data, answer grading and the safe calculator.
+"""Math word-problem tasks: GSM8K data, answer grading, the safe calculator and claim checks.
 
 The TFDS builder lives in :mod:`qstar_jax.tasks.gsm8k_tfds`; it is not
 imported here because importing it loads ``tensorflow_datasets``.
@@ -6,13 +6,13 @@ imported here because importing it loads ``tensorflow_datasets``.
 
 from qstar_jax.tasks.calculator import CalculatorError
 from qstar_jax.tasks.calculator import CalculatorLimits
-from qstar_jax.tasks.calculator import ClaimCheck
 from qstar_jax.tasks.calculator import DEFAULT_LIMITS
-from qstar_jax.tasks.calculator import StepCheck
-from qstar_jax.tasks.calculator import check_annotation
-from qstar_jax.tasks.calculator import check_step
 from qstar_jax.tasks.calculator import evaluate
 from qstar_jax.tasks.calculator import normalize_expression
+from qstar_jax.tasks.claims import ClaimCheck
+from qstar_jax.tasks.claims import StepCheck
+from qstar_jax.tasks.claims import check_annotation
+from qstar_jax.tasks.claims import check_step
 from qstar_jax.tasks.grading import Grade
 from qstar_jax.tasks.grading import MODES
 from qstar_jax.tasks.grading import extract_answer
