@@ -29,6 +29,7 @@ from qstar_jax.models.safetensors_loader import (config_from_hf,
                                                  load_safetensors)
 from qstar_jax.sampling.decode import StopRule, forward_logits
 from qstar_jax.sampling.proposer import rollout
+from qstar_jax.sampling.states import pad_states
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 _T = gguf.GGMLQuantizationType
@@ -44,12 +45,6 @@ GREEDY_TOKENS = 10
 _logits = jax.jit(forward_logits)
 
 
-def _pad(rows, width, fill=0):
-    """Right-pads token lists to [N, width]; returns (tokens, lengths)."""
-    out = np.full((len(rows), width), fill, np.int32)
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = row
-    return jnp.asarray(out), jnp.asarray([len(r) for r in rows], jnp.int32)
 
 
 def _reference(name):
@@ -102,7 +97,7 @@ def test_hf_logits_match_transformers(hf_checkpoint):
     """Every position of every case, right-padded into one batch."""
     name, model, _, cases = hf_checkpoint
     rows = [c["input_ids"] for c in cases]
-    tokens, lengths = _pad(rows, max(map(len, rows)))
+    tokens, lengths = pad_states(rows, max(map(len, rows)))
     logits = np.asarray(_logits(model, tokens, lengths))
     for i, case in enumerate(cases):
         want = np.asarray(case["logits"], np.float32)
@@ -117,7 +112,7 @@ def test_hf_greedy_matches_transformers(hf_checkpoint):
     rows = [list(c["input_ids"]) for c in cases]
     width = max(map(len, rows)) + GREEDY_TOKENS
     for _ in range(GREEDY_TOKENS):
-        tokens, lengths = _pad(rows, width)
+        tokens, lengths = pad_states(rows, width)
         logits = np.asarray(_logits(model, tokens, lengths))
         for i, row in enumerate(rows):
             row.append(int(np.argmax(logits[i, len(row) - 1])))
@@ -129,7 +124,7 @@ def test_hf_kv_cache_rollout_matches_transformers(hf_checkpoint):
     """The KV-cache decoding loop (greedy rollout) gives the same tokens."""
     _, model, config, cases = hf_checkpoint
     rows = [c["input_ids"] for c in cases]
-    tokens, lengths = _pad(rows, max(map(len, rows)))
+    tokens, lengths = pad_states(rows, max(map(len, rows)))
     never = jnp.zeros((config.vocab_size,), bool)
     stop = StopRule(delimiter=never, end=never, final=never)
     keys = jax.random.split(jax.random.key(0), len(rows))
@@ -297,7 +292,7 @@ SAMPLE_ROWS = [[3, 17, 5, 60, 2, 9, 33, 41, 8, 1, 63, 20],
 
 
 def _sample_logits(model):
-    tokens, lengths = _pad(SAMPLE_ROWS, 12)
+    tokens, lengths = pad_states(SAMPLE_ROWS, 12)
     logits = np.asarray(_logits(model, tokens, lengths))
     return logits[0], logits[1, :7]
 
@@ -479,7 +474,7 @@ def test_failed_load_leaves_nothing_behind(gguf_model, f32_gguf, tmp_path):
         load_safetensors(os.path.join(tmp_path, "no-such-dir"))
     hf_model, _ = load_safetensors(os.path.join(FIXTURES, "hf_tiny_qwen2"))
     case = _reference("hf_tiny_qwen2")[0]
-    tokens, lengths = _pad([case["input_ids"]], len(case["input_ids"]))
+    tokens, lengths = pad_states([case["input_ids"]], len(case["input_ids"]))
     logits = np.asarray(_logits(hf_model, tokens, lengths))[0]
     assert np.max(np.abs(logits - np.asarray(case["logits"]))) < 1e-4
 

@@ -15,6 +15,7 @@ import pytest
 from qstar_jax.sampling.decode import StopRule, forward_logits
 from qstar_jax.sampling.logits import GREEDY
 from qstar_jax.sampling.proposer import rollout
+from qstar_jax.sampling.states import pad_states
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 with open(os.path.join(FIXTURES, "smollm2_hf_reference.json")) as f:
@@ -22,18 +23,13 @@ with open(os.path.join(FIXTURES, "smollm2_hf_reference.json")) as f:
 PROMPTS = REFERENCE["prompts"]
 
 
-def _pad(rows, width, fill=0):
-    out = np.full((len(rows), width), fill, np.int32)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = r
-    return jnp.asarray(out), jnp.asarray([len(r) for r in rows], jnp.int32)
 
 
 def test_logits_match_transformers(smollm2):
     """Top-10 logits at every prompt and continuation position, < 1e-2."""
     model, _ = smollm2
     rows = [p["input_ids"] + p["greedy"]["new_token_ids"] for p in PROMPTS]
-    tokens, lengths = _pad(rows, max(map(len, rows)))
+    tokens, lengths = pad_states(rows, max(map(len, rows)))
     logits = np.asarray(jax.jit(forward_logits)(model, tokens, lengths))
     worst = 0.0
     for i, p in enumerate(PROMPTS):
@@ -60,7 +56,7 @@ def test_greedy_continuation_matches_transformers(smollm2, prompt):
     stop = StopRule(delimiter=jnp.zeros(vocab, bool),
                     end=jnp.zeros(vocab, bool).at[eos].set(True),
                     final=jnp.zeros(vocab, bool))
-    tokens, lengths = _pad([prompt["input_ids"]], len(prompt["input_ids"]))
+    tokens, lengths = pad_states([prompt["input_ids"]], len(prompt["input_ids"]))
     keys = jax.random.split(jax.random.key(0), 1)
     out = jax.jit(rollout, static_argnames=("max_tokens",))(
         model, tokens, lengths, keys, stop, max_tokens=24)

@@ -147,6 +147,44 @@ def build_decoder(config: DecoderConfig,
     return nnx.merge(graphdef, state)
 
 
+def collect_tensors(config: DecoderConfig, tensors: Mapping[str, object],
+                    convert: Callable[[object], np.ndarray],
+                    names: Mapping[str, str], *, unpermute: bool,
+                    source: str, ignore: frozenset = frozenset()) -> dict:
+    """Maps checkpoint tensors to decoder parameter paths.
+
+    Args:
+      config: the architecture.
+      tensors: checkpoint name -> stored tensor (any type `convert` reads).
+      convert: stored tensor -> float32 [out, in] (or [d]) array.
+      names: the format's name templates (per-layer ones contain `{i}`).
+      unpermute: undo llama.cpp's q/k row permutation.
+      source: the checkpoint's name, for error messages.
+      ignore: checkpoint names that may be present and unused.
+
+    Returns:
+      Decoder parameter path -> array, ready for `build_decoder`.
+
+    Raises:
+      CheckpointError: a checkpoint tensor the decoder has no place for.
+    """
+    used = set()
+
+    def get(name):
+        tensor = tensors.get(name)
+        if tensor is None:
+            return None
+        used.add(name)
+        return convert(tensor)
+
+    mapped = _layer_map(config, get, names, unpermute)
+    unused = sorted(set(tensors) - used - ignore)
+    if unused:
+        raise CheckpointError(
+            f"{source}: tensors the decoder has no place for: {unused[:6]}")
+    return mapped
+
+
 def _layer_map(config: DecoderConfig, get: Callable[[str], np.ndarray | None],
                names: Mapping[str, str], unpermute: bool) -> dict:
     """Collects decoder tensors from checkpoint names (per-layer templates)."""

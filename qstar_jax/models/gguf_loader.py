@@ -15,8 +15,8 @@ import os
 import gguf
 import numpy as np
 
-from qstar_jax.models.checkpoint import (CheckpointError, _layer_map,
-                                         build_decoder)
+from qstar_jax.models.checkpoint import (CheckpointError, build_decoder,
+                                         collect_tensors)
 from qstar_jax.models.config import DecoderConfig
 from qstar_jax.models.decoder import Decoder
 
@@ -148,18 +148,6 @@ def load_gguf(path: str, config: DecoderConfig | None = None,
         config = DecoderConfig(**(vars(config) | overrides))
     arch = _field(reader, "general.architecture")
     tensors = {t.name: t for t in reader.tensors}
-    used = set()
-
-    def get(name):
-        tensor = tensors.get(name)
-        if tensor is None:
-            return None
-        used.add(name)
-        return dequantize_tensor(tensor)
-
-    mapped = _layer_map(config, get, _NAMES, unpermute=(arch == "llama"))
-    unused = sorted(set(tensors) - used)
-    if unused:
-        raise CheckpointError(
-            f"{path}: tensors the decoder has no place for: {unused[:6]}")
+    mapped = collect_tensors(config, tensors, dequantize_tensor, _NAMES,
+                             unpermute=(arch == "llama"), source=path)
     return build_decoder(config, mapped, path), config

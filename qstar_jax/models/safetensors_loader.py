@@ -16,8 +16,8 @@ import os
 import numpy as np
 from safetensors import safe_open
 
-from qstar_jax.models.checkpoint import (CheckpointError, _layer_map,
-                                         build_decoder)
+from qstar_jax.models.checkpoint import (CheckpointError, build_decoder,
+                                         collect_tensors)
 from qstar_jax.models.config import DecoderConfig
 from qstar_jax.models.decoder import Decoder
 
@@ -151,21 +151,9 @@ def load_safetensors(directory: str, config: DecoderConfig | None = None,
             raise CheckpointError(
                 f"{path} is not a readable safetensors file "
                 f"({type(e).__name__}: {e})") from e
-    used = set()
-
-    def get(name):
-        arr = tensors.get(name)
-        if arr is None:
-            return None
-        used.add(name)
-        return np.asarray(arr, np.float32)
-
-    mapped = _layer_map(config, get, _NAMES, unpermute=False)
     # Tied checkpoints sometimes still store lm_head.weight; ignore it then.
-    unused = sorted(set(tensors) - used - (
-        {"lm_head.weight"} if config.tie_embeddings else set()))
-    if unused:
-        raise CheckpointError(
-            f"{directory}: tensors the decoder has no place for: "
-            f"{unused[:6]}")
+    ignore = frozenset({"lm_head.weight"} if config.tie_embeddings else ())
+    mapped = collect_tensors(
+        config, tensors, lambda arr: np.asarray(arr, np.float32), _NAMES,
+        unpermute=False, source=directory, ignore=ignore)
     return build_decoder(config, mapped, directory), config
