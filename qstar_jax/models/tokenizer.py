@@ -171,18 +171,12 @@ class Tokenizer:
     def from_tokenizer_json(cls, path_or_dir: str | Path) -> Tokenizer:
         """Loads a Hugging Face ``tokenizer.json`` and the configs beside it.
 
-        ``tokenizer_config.json`` (optional) supplies the chat template, the
-        bos/eos/pad/unk tokens and ``add_bos_token``; ``chat_template.jinja``
-        (optional) the template when the config has none; ``config.json``
-        (optional) the model's ``vocab_size`` and fallback token ids. Without
-        ``add_bos_token`` the BOS setting is read off the tokenizer's
-        post-processor, as transformers would apply it.
+        See `qstar_jax.models.tokenizer_files.read_tokenizer_json` for which
+        files are read and how BOS, special tokens and the chat template are
+        chosen.
 
         Args:
             path_or_dir: the ``tokenizer.json`` file or the directory holding it.
-
-        Returns:
-            The tokenizer.
 
         Raises:
             TokenizerError: a file is missing or not valid JSON, the tokenizer
