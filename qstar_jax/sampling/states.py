@@ -59,6 +59,35 @@ def pad_states(states: Sequence[Sequence[int]], width: int,
                                             jnp.int32)
 
 
+def append_tokens(tokens: jnp.ndarray, lengths: jnp.ndarray,
+                  extra: jnp.ndarray, extra_lengths: jnp.ndarray,
+                  pad_id: int = 0) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Concatenates right-padded sequences on device with fixed shapes.
+
+    Args:
+      tokens: [..., P] states.
+      lengths: [...] real tokens per state.
+      extra: [..., T] continuations (steps) to append.
+      extra_lengths: [...] real tokens per continuation.
+      pad_id: filler after the new length.
+
+    Returns:
+      tokens [..., P + T] and lengths [...] (= lengths + extra_lengths).
+    """
+    p, t = tokens.shape[-1], extra.shape[-1]
+    pos = jnp.arange(p + t)
+    offset = pos - lengths[..., None]                     # [..., P + T]
+    from_extra = jnp.take_along_axis(
+        extra, jnp.clip(offset, 0, t - 1), axis=-1)
+    from_state = jnp.concatenate(
+        [tokens, jnp.full(tokens.shape[:-1] + (t,), pad_id, tokens.dtype)],
+        axis=-1)
+    total = lengths + extra_lengths
+    out = jnp.where(offset < 0, from_state,
+                    jnp.where(pos < total[..., None], from_extra, pad_id))
+    return out.astype(tokens.dtype), total
+
+
 def check_context(config: DecoderConfig, prefix_tokens: int,
                   new_tokens: int) -> None:
     """Raises CacheOverflowError when prefix + new tokens exceed the context."""
