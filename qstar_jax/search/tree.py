@@ -1,0 +1,386 @@
+"""Search trees as preallocated arrays: B problems of N node slots each.
+
+A `Tree` holds, for every problem of the batch, a fixed number N of node
+slots. Slot 0 is the root (the prompt); every other slot is FREE (unused),
+OPEN (created, waiting to be popped: always a leaf) or CLOSED (popped;
+expanded unless it is terminal). A node's state is the prompt followed by the
+steps along its path from the root; only the step into each node is stored.
+
+All functions here are pure, batched over B and jit-compatible: they return
+new trees and never loop over nodes in Python (except the host helper
+`trajectory_steps`).
+
+Slot allocation is deterministic: the valid children of a row, in proposal
+order k = 0..K-1, take that row's FREE slots in increasing index order. As
+long as nothing has been recycled, the FREE slots are exactly
+`num_nodes, num_nodes + 1, ..., N - 1`, so slot numbers follow creation order.
+When a row has fewer FREE slots than children, `recycle` frees OPEN nodes
+(lowest f first, ties to the highest index) so their slots can be reused.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qstar_jax.search.interfaces import Expansion
+
+FREE = 0
+OPEN = 1
+CLOSED = 2
+
+
+@flax.struct.dataclass
+class Tree:
+    """B search trees of N node slots, with steps of at most T tokens.
+
+    Attributes:
+      prompt_tokens: [B, P0] int32 root states (the prompts), right-padded.
+      prompt_lengths: [B] int32 real tokens of each prompt.
+      parent: [B, N] int32 parent slot; NO_PARENT (-1) for the root and for
+        FREE slots.
+      depth: [B, N] int32 steps from the root (root: 0).
+      step_tokens: [B, N, T] int32 the step that leads into the node (the
+        root has none), padded with 0 after `step_lengths`.
+      step_lengths: [B, N] int32 real tokens of the step (root: 0).
+      step_log_prob: [B, N] float32 policy log-probability of the step.
+      reward: [B, N] float32 process reward R_P of the step into the node
+        (a non-finite model output is stored as the worst score).
+      g: [B, N] float32 aggregated process reward along the path.
+      h: [B, N] float32 heuristic (estimated future value).
+      f: [B, N] float32 priority g + lambda * h (larger is popped first).
+      status: [B, N] int32 FREE, OPEN or CLOSED.
+      terminal: [B, N] bool the node's state is a complete solution.
+      num_nodes: [B] int32 slots ever used (a high-water mark; node 0 is the
+        root, so at least 1). Slots >= num_nodes are FREE.
+    """
+
+    prompt_tokens: jax.Array
+    prompt_lengths: jax.Array
+    parent: jax.Array
+    depth: jax.Array
+    step_tokens: jax.Array
+    step_lengths: jax.Array
+    step_log_prob: jax.Array
+    reward: jax.Array
+    g: jax.Array
+    h: jax.Array
+    f: jax.Array
+    status: jax.Array
+    terminal: jax.Array
+    num_nodes: jax.Array
+
+    ROOT: ClassVar[int] = 0
+    NO_PARENT: ClassVar[int] = -1
+
+    @property
+    def batch_size(self) -> int:
+        """B, the number of problems."""
+        return self.status.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        """N, the node slots per problem."""
+        return self.status.shape[1]
+
+    @property
+    def max_step_tokens(self) -> int:
+        """T, the longest step in tokens."""
+        return self.step_tokens.shape[2]
+
+
+class StateTokens(NamedTuple):
+    """Full token states (prompt followed by the steps of a path).
+
+    Attributes:
+      tokens: [B, P] int32 right-padded with `pad_id`.
+      lengths: [B] int32 real tokens, clipped to P.
+      overflow: [B] bool the state had more than P tokens; its tail is cut.
+    """
+
+    tokens: jax.Array
+    lengths: jax.Array
+    overflow: jax.Array
+
+
+def init_tree(prompt_tokens: jax.Array, prompt_lengths: jax.Array, *,
+              num_nodes: int, max_step_tokens: int) -> Tree:
+    """A tree per problem holding only its OPEN root.
+
+    Args:
+      prompt_tokens: [B, P0] int32 right-padded prompts.
+      prompt_lengths: [B] int32 real tokens of each prompt.
+      num_nodes: N, slots per problem (root included), >= 1.
+      max_step_tokens: T, the longest step in tokens, >= 1.
+
+    Returns:
+      A `Tree` with the root (g = h = f = 0) OPEN and all other slots FREE.
+    """
+    if num_nodes < 1 or max_step_tokens < 1:
+        raise ValueError("num_nodes and max_step_tokens must be >= 1")
+    prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
+    b = prompt_tokens.shape[0]
+    shape = (b, num_nodes)
+    zeros = jnp.zeros(shape, jnp.float32)
+    return Tree(
+        prompt_tokens=prompt_tokens,
+        prompt_lengths=jnp.asarray(prompt_lengths, jnp.int32),
+        parent=jnp.full(shape, Tree.NO_PARENT, jnp.int32),
+        depth=jnp.zeros(shape, jnp.int32),
+        step_tokens=jnp.zeros(shape + (max_step_tokens,), jnp.int32),
+        step_lengths=jnp.zeros(shape, jnp.int32),
+        step_log_prob=zeros, reward=zeros, g=zeros, h=zeros, f=zeros,
+        status=jnp.full(shape, FREE, jnp.int32).at[:, Tree.ROOT].set(OPEN),
+        terminal=jnp.zeros(shape, bool),
+        num_nodes=jnp.ones((b,), jnp.int32))
+
+
+def node_values(x: jax.Array, nodes: jax.Array) -> jax.Array:
+    """Per-node values of given slots: x[b, nodes[b, ...]].
+
+    Args:
+      x: [B, N, ...] a per-node tree field.
+      nodes: [B] or [B, K] slot indices; negative entries read slot 0.
+
+    Returns:
+      [B, ...] or [B, K, ...] the values.
+    """
+    rows = jnp.arange(x.shape[0]).reshape((-1,) + (1,) * (nodes.ndim - 1))
+    return x[rows, jnp.maximum(nodes, 0)]
+
+
+def path_nodes(tree: Tree, node: jax.Array, max_depth: int) -> jax.Array:
+    """The slots along each row's path, root first.
+
+    Args:
+      tree: the trees.
+      node: [B] int32 slots (-1: no node, gives an all -1 path).
+      max_depth: D, the deepest path represented.
+
+    Returns:
+      [B, D + 1] int32 slots root, ..., node, padded with -1 at the end. A
+      node deeper than D gets its last D + 1 path nodes (the root is missing).
+    """
+    b = tree.batch_size
+    rows = jnp.arange(b)
+
+    def cond(carry):
+        j, _, cur = carry
+        return (j <= max_depth) & jnp.any(cur >= 0)
+
+    def body(carry):
+        j, anc, cur = carry
+        anc = anc.at[:, j].set(cur)
+        nxt = jnp.where(cur >= 0, tree.parent[rows, jnp.maximum(cur, 0)], -1)
+        return j + 1, anc, nxt
+
+    anc0 = jnp.full((b, max_depth + 1), -1, jnp.int32)
+    _, anc, _ = jax.lax.while_loop(
+        cond, body, (jnp.int32(0), anc0, node.astype(jnp.int32)))
+    count = jnp.sum(anc >= 0, axis=1)                     # [B]
+    src = count[:, None] - 1 - jnp.arange(max_depth + 1)  # [B, D + 1]
+    path = jnp.take_along_axis(anc, jnp.maximum(src, 0), axis=1)
+    return jnp.where(src >= 0, path, -1)
+
+
+def state_tokens(tree: Tree, node: jax.Array, width: int, *,
+                 max_depth: int | None = None, pad_id: int = 0) -> StateTokens:
+    """Each row's state at `node`: the prompt followed by the path's steps.
+
+    Built on device with fixed shapes: the path is gathered (a loop over depth)
+    and every step's tokens are scattered to their offsets.
+
+    Args:
+      tree: the trees.
+      node: [B] int32 slots (-1: the prompt alone).
+      width: P, the width of the returned token array.
+      max_depth: the deepest path to follow; None: N - 1 (always enough).
+      pad_id: filler after each state.
+
+    Returns:
+      `StateTokens`: tokens [B, P], lengths [B] (clipped to P) and overflow
+      [B] (the state is longer than P and was cut at P tokens).
+    """
+    b, n, t = tree.step_tokens.shape
+    depth = n - 1 if max_depth is None else max_depth
+    rows = jnp.arange(b)
+    path = path_nodes(tree, node, depth)                          # [B, D+1]
+    lengths = jnp.where(path >= 0, node_values(tree.step_lengths, path), 0)
+    offsets = jnp.cumsum(lengths, axis=1) - lengths               # exclusive
+    total = tree.prompt_lengths + jnp.sum(lengths, axis=1)
+
+    p0 = tree.prompt_tokens.shape[1]
+    keep = min(p0, width)
+    pos = jnp.arange(keep)
+    prompt = jnp.where(pos < tree.prompt_lengths[:, None],
+                       tree.prompt_tokens[:, :keep], pad_id)
+    out = jnp.full((b, width), pad_id, jnp.int32).at[:, :keep].set(prompt)
+
+    steps = node_values(tree.step_tokens, path)                   # [B,D+1,T]
+    tpos = jnp.arange(t)
+    target = (tree.prompt_lengths[:, None, None] + offsets[:, :, None]
+              + tpos)
+    mask = ((path >= 0)[:, :, None] & (tpos < lengths[:, :, None])
+            & (target < width))
+    target = jnp.where(mask, target, width)                       # dropped
+    out = out.at[rows[:, None, None], target].set(steps, mode="drop")
+    return StateTokens(tokens=out, lengths=jnp.minimum(total, width),
+                       overflow=total > width)
+
+
+def free_slots(tree: Tree, count: int) -> tuple[jax.Array, jax.Array]:
+    """The `count` lowest-index FREE slots of each row.
+
+    Returns:
+      slots [B, count] int32 in increasing order (entries past the row's
+      number of FREE slots are meaningless) and num_free [B] int32.
+    """
+    free = tree.status == FREE
+    ids = jnp.arange(tree.capacity, dtype=jnp.float32)
+    _, slots = jax.lax.top_k(jnp.where(free, -ids, -jnp.inf), count)
+    return slots.astype(jnp.int32), jnp.sum(free, axis=1, dtype=jnp.int32)
+
+
+def recycle(tree: Tree, need: jax.Array, *,
+            max_victims: int) -> tuple[Tree, jax.Array]:
+    """Frees OPEN nodes so that each row has at least `need` FREE slots.
+
+    A row with fewer FREE slots than `need` frees its lowest-f OPEN nodes,
+    ties to the highest slot index (the most recently created first, while
+    nothing has been recycled), at most `max_victims` and at most as many as it
+    has OPEN nodes. OPEN nodes are leaves (only popped nodes get children),
+    so freeing one never orphans a node; CLOSED nodes (ancestors of every
+    OPEN node and every found trajectory) are never freed.
+
+    Args:
+      tree: the trees.
+      need: [B] int32 slots wanted per row.
+      max_victims: static bound on the nodes freed per row (<= N).
+
+    Returns:
+      The tree with the victims reset to FREE, and freed [B] int32.
+    """
+    b, n = tree.status.shape
+    _, num_free = free_slots(tree, 1)
+    deficit = jnp.maximum(need - num_free, 0)
+    is_open = tree.status == OPEN
+    # Reversed so that top_k's tie rule (lower index first) picks the highest
+    # original index among equal f.
+    score = jnp.where(is_open, -tree.f, -jnp.inf)[:, ::-1]
+    _, rev = jax.lax.top_k(score, min(max_victims, n))
+    victims = (n - 1 - rev).astype(jnp.int32)                    # [B, V]
+    take = ((jnp.arange(victims.shape[1]) < deficit[:, None])
+            & (node_values(tree.status, victims) == OPEN))
+    target = jnp.where(take, victims, n)
+    rows = jnp.arange(b)[:, None]
+
+    def reset(x: jax.Array, value) -> jax.Array:
+        return x.at[rows, target].set(value, mode="drop")
+
+    tree = tree.replace(
+        parent=reset(tree.parent, Tree.NO_PARENT), depth=reset(tree.depth, 0),
+        step_tokens=reset(tree.step_tokens, 0),
+        step_lengths=reset(tree.step_lengths, 0),
+        step_log_prob=reset(tree.step_log_prob, 0.0),
+        reward=reset(tree.reward, 0.0), g=reset(tree.g, 0.0),
+        h=reset(tree.h, 0.0), f=reset(tree.f, 0.0),
+        status=reset(tree.status, FREE), terminal=reset(tree.terminal, False))
+    return tree, jnp.sum(take, axis=1, dtype=jnp.int32)
+
+
+def add_children(tree: Tree, parent: jax.Array, expansion: Expansion,
+                 g: jax.Array, h: jax.Array, f: jax.Array,
+                 insert_mask: jax.Array) -> tuple[Tree, jax.Array]:
+    """Inserts the valid children of each masked row's `parent` as OPEN nodes.
+
+    Children are taken in proposal order k = 0..K-1 and placed in the row's
+    FREE slots in increasing index order (so, without recycling, at
+    num_nodes, num_nodes + 1, ...). Children beyond the row's FREE slots are
+    dropped (child index -1); call `recycle` first to make room.
+
+    Args:
+      tree: the trees.
+      parent: [B] int32 the slot each row expands.
+      expansion: the K proposed children per row (`Expansion`, [B, K, ...]);
+        its `reward` is stored as given.
+      g: [B, K] float32 aggregated rewards of the children.
+      h: [B, K] float32 heuristics of the children.
+      f: [B, K] float32 priorities of the children.
+      insert_mask: [B] bool rows whose children are inserted.
+
+    Returns:
+      The new tree and child_index [B, K] int32 (slot of each child, -1 when
+      invalid, masked out or dropped).
+    """
+    b, n = tree.status.shape
+    k = expansion.valid.shape[1]
+    valid = expansion.valid.astype(bool) & insert_mask[:, None]
+    slots, num_free = free_slots(tree, min(k, n))
+    rank = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1         # [B, K]
+    fits = valid & (rank < num_free[:, None]) & (rank < slots.shape[1])
+    slot = jnp.take_along_axis(slots, jnp.clip(rank, 0, slots.shape[1] - 1),
+                               axis=1)
+    child = jnp.where(fits, slot, -1)
+    target = jnp.where(fits, slot, n)
+    rows = jnp.arange(b)[:, None]
+
+    def put(x: jax.Array, value) -> jax.Array:
+        value = jnp.broadcast_to(jnp.asarray(value, x.dtype),
+                                 (b, k) + x.shape[2:])
+        return x.at[rows, target].set(value, mode="drop")
+
+    parent = parent.astype(jnp.int32)
+    tree = tree.replace(
+        parent=put(tree.parent, parent[:, None]),
+        depth=put(tree.depth, node_values(tree.depth, parent)[:, None] + 1),
+        step_tokens=put(tree.step_tokens, expansion.step_tokens),
+        step_lengths=put(tree.step_lengths, expansion.step_lengths),
+        step_log_prob=put(tree.step_log_prob, expansion.log_probs),
+        reward=put(tree.reward, expansion.reward),
+        g=put(tree.g, g), h=put(tree.h, h), f=put(tree.f, f),
+        status=put(tree.status, OPEN),
+        terminal=put(tree.terminal, expansion.terminal),
+        num_nodes=jnp.maximum(tree.num_nodes,
+                              jnp.max(jnp.where(fits, slot + 1, 0), axis=1)))
+    return tree, child
+
+
+def set_scores(tree: Tree, nodes: jax.Array, h: jax.Array,
+               f: jax.Array) -> Tree:
+    """Overwrites h and f of the given slots.
+
+    Args:
+      tree: the trees.
+      nodes: [B, K] int32 slots (-1 entries are skipped).
+      h: [B, K] float32 new heuristics; f: [B, K] float32 new priorities.
+    """
+    rows = jnp.arange(tree.batch_size)[:, None]
+    target = jnp.where(nodes >= 0, nodes, tree.capacity)
+    return tree.replace(h=tree.h.at[rows, target].set(h, mode="drop"),
+                        f=tree.f.at[rows, target].set(f, mode="drop"))
+
+
+def trajectory_steps(tree: Tree, b: int, node: int) -> list[list[int]]:
+    """Host helper: the step token lists along row b's path to `node`.
+
+    Args:
+      tree: the trees (device or host arrays).
+      b: the row.
+      node: a slot of that row (the root or -1 give no steps).
+
+    Returns:
+      One token list per step, root's child first.
+    """
+    parent = np.asarray(tree.parent[b])
+    tokens = np.asarray(tree.step_tokens[b])
+    lengths = np.asarray(tree.step_lengths[b])
+    steps = []
+    node = int(node)
+    while node > Tree.ROOT:
+        steps.append(tokens[node, :lengths[node]].tolist())
+        node = int(parent[node])
+    return steps[::-1]
