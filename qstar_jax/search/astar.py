@@ -1,0 +1,404 @@
+"""Q*: batched best-first (A*) search over reasoning steps, on device.
+
+Every node has a priority f = g + lambda * h (larger is better):
+
+* g(child) = Agg(g(parent), r(child)), r the process reward of the child's
+  step; for a child of the root g = r(child). Agg is 'min', 'max', 'sum',
+  'last' (g = r(child)) or 'none' (g = 0, the paper's MATH setting).
+* h(child) = Q(parent, a) of the edge ('edge' mode) or the `LookaheadFn`'s
+  max over the child's own top-K actions of Q(child, a) ('lookahead' mode).
+* The root has g = h = f = 0.
+
+One iteration of `astar_search` serves every unfinished row at once. Each
+such row looks at its best OPEN node: the largest f, ties to the LOWEST slot
+index (the earliest created, while no slot has been recycled):
+
+* a terminal node is popped (closed) and recorded as a found trajectory;
+* otherwise, if the row has expansions left, the node is popped and expanded:
+  one batched `expand_fn` call serves all expanding rows, and the valid
+  children are inserted as OPEN nodes;
+* otherwise the row stops with status BUDGET (the node stays OPEN).
+
+A row finishes SOLVED after `num_trajectories` terminal pops, BUDGET when it
+needs an expansion beyond `max_expansions` (terminal pops need none),
+EXHAUSTED with no OPEN node, or FULL when children did not fit its slots and
+`when_full='stop'`. Row b's i-th expansion gets the key `fold_in(keys[b], i)`
+(lookahead keys: `split(fold_in(that key, 1), K)`), so a row's search never
+depends on the other rows.
+
+Non-finite model outputs: a NaN or infinite reward (unless aggregation is
+'none', which ignores rewards), q_value or lookahead value is replaced by
+WORST = -2**60 and counted per row in `nan_count`; the child gets f = WORST:
+it stays OPEN but is ranked after every other node (among equals, the lowest
+index first). Its g is Agg(g(parent), WORST), which descendants inherit
+through 'min', 'sum' and 'last' but not 'max'. A g at or below -2**59 is
+snapped to exactly WORST, so no NaN or inf ever reaches g or f, and float32
+and float64 implementations of these rules agree exactly on dyadic scores.
+
+Example:
+  >>> config = AStarConfig(num_nodes=256, max_expansions=64, lam=1.0)
+  >>> tree = init_tree(prompts, lengths, num_nodes=256, max_step_tokens=32)
+  >>> search = jax.jit(functools.partial(astar_search, expand_fn,
+  ...                                    config=config))
+  >>> result = search(tree, keys)          # keys: [B] PRNG keys
+  >>> result.best                           # [B] slot of the best solution
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from qstar_jax.search.interfaces import (ExpandFn, Expansion, Lookahead,
+                                         LookaheadFn)
+from qstar_jax.search.tree import (CLOSED, FREE, OPEN, Tree, add_children,
+                                   node_values, recycle, set_scores)
+
+AGGREGATIONS = ("min", "max", "sum", "last", "none")
+HEURISTICS = ("edge", "lookahead")
+WHEN_FULL = ("recycle", "stop")
+
+WORST = -2.0 ** 60
+"""The score of a node whose reward or heuristic was not finite."""
+POISON_LIMIT = -2.0 ** 59
+"""g or f at or below this is snapped to WORST."""
+
+RUNNING, SOLVED, BUDGET, EXHAUSTED, FULL = 0, 1, 2, 3, 4
+STATUS_NAMES = ("running", "solved", "budget", "exhausted", "full")
+LOOKAHEAD_SALT = 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AStarConfig:
+    """Static settings of the A* search.
+
+    Attributes:
+      num_nodes: N, node slots per problem (must match the tree).
+      max_expansions: expansions allowed per problem (>= 1).
+      num_trajectories: stop after this many terminal nodes are popped (1;
+        6 in the paper).
+      lam: lambda, the weight of h in f = g + lambda * h.
+      aggregation: how g aggregates process rewards: one of AGGREGATIONS.
+      heuristic: 'edge' (h = Q(parent, a)) or 'lookahead' (h from the
+        `LookaheadFn`, about K times dearer).
+      when_full: 'recycle' (free the lowest-f OPEN leaves to make room) or
+        'stop' (the row finishes with status FULL).
+    """
+
+    num_nodes: int = 256
+    max_expansions: int = 64
+    num_trajectories: int = 1
+    lam: float = 1.0
+    aggregation: str = "min"
+    heuristic: str = "edge"
+    when_full: str = "recycle"
+
+    def __post_init__(self):
+        if self.num_nodes < 2:
+            raise ValueError("num_nodes must be >= 2")
+        if min(self.max_expansions, self.num_trajectories) < 1:
+            raise ValueError("max_expansions, num_trajectories must be >= 1")
+        for name, value, allowed in (
+                ("aggregation", self.aggregation, AGGREGATIONS),
+                ("heuristic", self.heuristic, HEURISTICS),
+                ("when_full", self.when_full, WHEN_FULL)):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r}; use one of {allowed}")
+
+    @property
+    def max_pops(self) -> int:
+        """The most nodes a row can pop: max_expansions + num_trajectories."""
+        return self.max_expansions + self.num_trajectories
+
+
+@flax.struct.dataclass
+class SearchStats:
+    """What the search spent and how each row ended.
+
+    Attributes:
+      expansions: [B] int32 nodes expanded (expand_fn results used).
+      generated_tokens: [B] int32 sum of `generated_tokens` of the row's used
+        expansions and lookaheads.
+      model_calls: [B] int32 batched model calls the row took part in: one
+        per expansion, plus one per lookahead call that scored at least one
+        of its children.
+      max_depth: [B] int32 deepest node ever created (root: 0).
+      nan_count: [B] int32 non-finite rewards plus non-finite heuristic
+        values (q_value or lookahead) among the children created.
+      dropped: [B] int32 valid children not created for lack of slots.
+      recycled: [B] int32 OPEN nodes freed to make room.
+      status: [B] int32 SOLVED, BUDGET, EXHAUSTED or FULL.
+    """
+
+    expansions: jax.Array
+    generated_tokens: jax.Array
+    model_calls: jax.Array
+    max_depth: jax.Array
+    nan_count: jax.Array
+    dropped: jax.Array
+    recycled: jax.Array
+    status: jax.Array
+
+
+@flax.struct.dataclass
+class SearchResult:
+    """The outcome of `astar_search` for B problems (M = num_trajectories).
+
+    Attributes:
+      tree: the final trees ([B, N, ...]).
+      trajectories: [B, M] int32 terminal slots in the order found (-1 where
+        not found); `trajectory_steps` rebuilds their steps.
+      trajectory_f: [B, M] float32 their f (-inf where not found).
+      num_found: [B] int32 trajectories found.
+      best: [B] int32 the found trajectory with the largest f (ties: the
+        first found); -1 if none.
+      pop_order: [B, max_expansions + M] int32 popped slots in order (-1
+        padded).
+      num_pops: [B] int32 nodes popped.
+      stats: `SearchStats`.
+    """
+
+    tree: Tree
+    trajectories: jax.Array
+    trajectory_f: jax.Array
+    num_found: jax.Array
+    best: jax.Array
+    pop_order: jax.Array
+    num_pops: jax.Array
+    stats: SearchStats
+
+
+class _LoopState(NamedTuple):
+    """The while-loop carry (fields as in `SearchResult`)."""
+    tree: Tree
+    trajectories: jax.Array                             # [B, M]
+    trajectory_f: jax.Array                             # [B, M]
+    num_found: jax.Array                                # [B]
+    pop_order: jax.Array                                # [B, max_pops]
+    num_pops: jax.Array                                 # [B]
+    stats: SearchStats
+
+
+def aggregate_reward(aggregation: str, parent_g: jax.Array,
+                     from_root: jax.Array,
+                     reward: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """g of K children: Agg(g(parent), r(child)), NaN-safe.
+
+    Args:
+      aggregation: one of AGGREGATIONS.
+      parent_g: [B] float32 g of each row's parent.
+      from_root: [B] bool the parent is the root (then g = r(child)).
+      reward: [B, K] float32 process rewards of the children.
+
+    Returns:
+      g [B, K] float32 (WORST where poisoned) and bad [B, K] bool (the
+      reward was not finite and is used: always False for 'none').
+    """
+    bad = ~jnp.isfinite(reward) & (aggregation != "none")
+    r = jnp.where(bad, WORST, reward).astype(jnp.float32)
+    pg = parent_g[:, None].astype(jnp.float32)
+    root = from_root[:, None]
+    if aggregation == "none":
+        g = jnp.zeros_like(r)
+    elif aggregation == "last":
+        g = r
+    elif aggregation == "min":
+        g = jnp.where(root, r, jnp.minimum(pg, r))
+    elif aggregation == "max":
+        g = jnp.where(root, r, jnp.maximum(pg, r))
+    elif aggregation == "sum":
+        g = jnp.where(root, r, pg + r)
+    else:
+        raise ValueError(f"unknown aggregation {aggregation!r}")
+    g = jnp.where(jnp.isfinite(g) & (g > POISON_LIMIT), g, WORST)
+    return g, bad
+
+
+def priority(g: jax.Array, h: jax.Array, lam: float,
+             reward_bad: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """f = g + lam * h, NaN-safe.
+
+    Args:
+      g: [B, K] float32 from `aggregate_reward`.
+      h: [B, K] float32 raw heuristic values.
+      lam: lambda.
+      reward_bad: [B, K] bool the child's own reward was not finite (from
+        `aggregate_reward`).
+
+    Returns:
+      f [B, K] (WORST where the reward or h is not finite, g is WORST or f
+      overflows), h [B, K] (non-finite replaced by WORST) and bad [B, K]
+      (h not finite).
+    """
+    bad = ~jnp.isfinite(h)
+    h = jnp.where(bad, WORST, h).astype(jnp.float32)
+    f = g + jnp.float32(lam) * h
+    poisoned = bad | reward_bad | (g <= POISON_LIMIT) | ~jnp.isfinite(f) | (
+        f <= POISON_LIMIT)
+    return jnp.where(poisoned, WORST, f), h, bad
+
+
+def _call_if(pred: jax.Array, fn, *args):
+    """fn(*args) when pred, else zeros of the same structure (no call)."""
+    shapes = jax.eval_shape(fn, *args)
+    return jax.lax.cond(
+        pred, lambda: fn(*args),
+        lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+
+
+def _expand(s: _LoopState, node: jax.Array, expanding: jax.Array,
+            keys: jax.Array, expand_fn: ExpandFn, config: AStarConfig,
+            lookahead_fn: LookaheadFn | None) -> tuple[_LoopState, jax.Array]:
+    """Expands `node` in the rows where `expanding`; returns (state, full)."""
+    tree, st = s.tree, s.stats
+    step_keys = jax.vmap(jax.random.fold_in)(keys, st.expansions)
+    expansion: Expansion = _call_if(jnp.any(expanding), expand_fn, tree,
+                                    node, step_keys)
+    k = expansion.valid.shape[1]
+    g, r_bad = aggregate_reward(
+        config.aggregation, node_values(tree.g, node), node == Tree.ROOT,
+        expansion.reward.astype(jnp.float32))
+    valid = expansion.valid.astype(bool) & expanding[:, None]
+    num_valid = jnp.sum(valid, axis=1, dtype=jnp.int32)
+    full = num_valid > jnp.sum(tree.status == FREE, axis=1, dtype=jnp.int32)
+    recycled = jnp.zeros_like(num_valid)
+    if config.when_full == "recycle":
+        tree, recycled = jax.lax.cond(
+            jnp.any(full),
+            lambda t: recycle(t, num_valid, max_victims=k),
+            lambda t: (t, jnp.zeros_like(num_valid)), tree)
+    if config.heuristic == "edge":
+        f, h, h_bad = priority(g, expansion.q_value.astype(jnp.float32),
+                               config.lam, r_bad)
+    else:
+        f, h, h_bad = g, jnp.zeros_like(g), jnp.zeros_like(r_bad)
+    stored = expansion._replace(
+        valid=valid, reward=jnp.where(jnp.isfinite(expansion.reward),
+                                      expansion.reward, WORST),
+        terminal=expansion.terminal.astype(bool))
+    tree, child = add_children(tree, node, stored, g, h, f, expanding)
+    created = child >= 0
+    made_any = jnp.any(created, axis=1)
+    generated = jnp.where(expanding, expansion.generated_tokens, 0)
+    calls = expanding.astype(jnp.int32)
+    if config.heuristic == "lookahead":
+        look_keys = jax.vmap(lambda key: jax.random.split(
+            jax.random.fold_in(key, LOOKAHEAD_SALT), k))(step_keys)
+        look: Lookahead = _call_if(jnp.any(created), lookahead_fn, tree,
+                                   child, look_keys)
+        f, h, h_bad = priority(g, look.value.astype(jnp.float32), config.lam,
+                               r_bad)
+        tree = set_scores(tree, child, h, f)
+        generated = generated + jnp.where(made_any, look.generated_tokens, 0)
+        calls = calls + made_any
+    depth = jnp.max(jnp.where(created, node_values(tree.depth, child), 0), 1)
+    bad = jnp.sum(created & r_bad, 1) + jnp.sum(created & h_bad, 1)
+    st = st.replace(
+        expansions=st.expansions + expanding,
+        generated_tokens=st.generated_tokens + generated,
+        model_calls=st.model_calls + calls,
+        max_depth=jnp.maximum(st.max_depth, depth),
+        nan_count=st.nan_count + bad.astype(jnp.int32),
+        dropped=st.dropped + num_valid - jnp.sum(created, 1, dtype=jnp.int32),
+        recycled=st.recycled + recycled)
+    return s._replace(tree=tree, stats=st), full
+
+
+def _iteration(s: _LoopState, keys: jax.Array, expand_fn: ExpandFn,
+               config: AStarConfig,
+               lookahead_fn: LookaheadFn | None) -> _LoopState:
+    """One pop (and possibly one expansion) for every unfinished row."""
+    tree = s.tree
+    b, n = tree.status.shape
+    rows = jnp.arange(b)
+    running = s.stats.status == RUNNING
+    is_open = tree.status == OPEN
+    has_open = jnp.any(is_open, axis=1)
+    # Largest f; jnp.argmax returns the first maximum: the lowest index.
+    node = jnp.argmax(jnp.where(is_open, tree.f, -jnp.inf), axis=1)
+    node = node.astype(jnp.int32)
+    terminal = node_values(tree.terminal, node)
+    live = running & has_open
+    pop_terminal = live & terminal
+    budget_left = s.stats.expansions < config.max_expansions
+    expanding = live & ~terminal & budget_left
+    popped = pop_terminal | expanding
+
+    tree = tree.replace(status=tree.status.at[
+        rows, jnp.where(popped, node, n)].set(CLOSED, mode="drop"))
+    pop_slot = jnp.where(popped, s.num_pops, config.max_pops)
+    found_slot = jnp.where(pop_terminal, s.num_found,
+                           config.num_trajectories)
+    num_found = s.num_found + pop_terminal
+    s = s._replace(
+        tree=tree,
+        pop_order=s.pop_order.at[rows, pop_slot].set(node, mode="drop"),
+        num_pops=s.num_pops + popped,
+        trajectories=s.trajectories.at[rows, found_slot].set(
+            node, mode="drop"),
+        trajectory_f=s.trajectory_f.at[rows, found_slot].set(
+            node_values(tree.f, node), mode="drop"),
+        num_found=num_found)
+    s, full = _expand(s, node, expanding, keys, expand_fn, config,
+                      lookahead_fn)
+
+    status = jnp.where(running & ~has_open, EXHAUSTED, s.stats.status)
+    status = jnp.where(live & ~terminal & ~budget_left, BUDGET, status)
+    status = jnp.where(pop_terminal & (num_found >= config.num_trajectories),
+                       SOLVED, status)
+    if config.when_full == "stop":
+        status = jnp.where(expanding & full, FULL, status)
+    return s._replace(stats=s.stats.replace(status=status))
+
+
+def astar_search(expand_fn: ExpandFn, tree: Tree, keys: jax.Array, *,
+                 config: AStarConfig,
+                 lookahead_fn: LookaheadFn | None = None) -> SearchResult:
+    """Runs A* on B problems at once until every row has finished.
+
+    jit-compatible with `expand_fn`, `config` and `lookahead_fn` static; the
+    whole search is one `lax.while_loop`.
+
+    Args:
+      expand_fn: proposes and scores K children per row (`ExpandFn`).
+      tree: the starting trees, usually `init_tree(...)` (N slots per row
+        equal to `config.num_nodes`; existing OPEN nodes are searched too).
+      keys: [B] PRNG keys, one per problem.
+      config: static search settings.
+      lookahead_fn: required when `config.heuristic == 'lookahead'`.
+
+    Returns:
+      `SearchResult` with the final trees, the found trajectories, the pop
+      order and the statistics.
+    """
+    if tree.capacity != config.num_nodes:
+        raise ValueError(f"the tree has {tree.capacity} slots per row but "
+                         f"config.num_nodes is {config.num_nodes}")
+    if config.heuristic == "lookahead" and lookahead_fn is None:
+        raise ValueError("heuristic='lookahead' needs a lookahead_fn")
+    b = tree.batch_size
+    m = config.num_trajectories
+    zeros = jnp.zeros((b,), jnp.int32)
+    stats = SearchStats(
+        expansions=zeros, generated_tokens=zeros, model_calls=zeros,
+        max_depth=jnp.max(tree.depth, axis=1), nan_count=zeros,
+        dropped=zeros, recycled=zeros, status=zeros + RUNNING)
+    init = _LoopState(
+        tree=tree, trajectories=jnp.full((b, m), -1, jnp.int32),
+        trajectory_f=jnp.full((b, m), -jnp.inf, jnp.float32),
+        num_found=zeros, num_pops=zeros, stats=stats,
+        pop_order=jnp.full((b, config.max_pops), -1, jnp.int32))
+    s = jax.lax.while_loop(
+        lambda s: jnp.any(s.stats.status == RUNNING),
+        lambda s: _iteration(s, keys, expand_fn, config, lookahead_fn), init)
+
+    found = jnp.arange(m) < s.num_found[:, None]
+    best_i = jnp.argmax(jnp.where(found, s.trajectory_f, -jnp.inf), axis=1)
+    best = jnp.where(s.num_found > 0,
+                     jnp.take_along_axis(s.trajectories, best_i[:, None],
+                                         axis=1)[:, 0], -1)
+    return SearchResult(best=best, **s._asdict())
