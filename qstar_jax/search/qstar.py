@@ -1,0 +1,176 @@
+"""Q*: A* over reasoning steps with a language-model policy and critics.
+
+The language-model side of `astar_search`: expanding a node rebuilds its
+token state from the tree, asks the policy for its K most likely distinct
+next steps (`propose_steps`, one prefill per state and M samples from the
+shared cache), and scores every child in one critic pass each:
+
+* reward r(child) = PRM score at the last token of the child's step,
+* q_value = Q(parent, a) = QVM score at the last token of the step,
+
+so g aggregates PRM scores along the path and h is the QVM's estimate. In
+'lookahead' mode, h(child) = max over the child's own top-K steps of
+Q(child, a'): the policy and QVM run once more on all B*K children.
+
+Example:
+  >>> models = QStarModels(policy=policy, prm=prm, qvm=qvm)
+  >>> result = jax.jit(qstar_search, static_argnames="config")(
+  ...     models, prompt_tokens, prompt_lengths, keys, stop, config=config)
+  >>> result.best  # [B] node of the best trajectory (-1 if none)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from qstar_jax.models.critic import Critic, last_token_scores
+from qstar_jax.models.decoder import Decoder
+from qstar_jax.sampling.decode import StopRule
+from qstar_jax.sampling.proposer import ProposerConfig, propose_steps
+from qstar_jax.sampling.states import append_tokens
+from qstar_jax.search.astar import AStarConfig, SearchResult, astar_search
+from qstar_jax.search.interfaces import Expansion, Lookahead
+from qstar_jax.search.tree import Tree, init_tree, state_tokens
+
+
+class QStarModels(NamedTuple):
+    """The networks of Q* (a pytree: pass it to `jax.jit` as an argument).
+
+    Attributes:
+      policy: proposes steps.
+      prm: process reward model (step correctness).
+      qvm: Q-value model.
+    """
+
+    policy: Decoder
+    prm: Critic
+    qvm: Critic
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QStarConfig:
+    """Static settings of Q*.
+
+    Attributes:
+      search: the A* settings (nodes, budget, lambda, aggregation, mode).
+      proposer: K, M, step-token limit and sampling of the policy.
+      state_width: P, tokens of the longest state (prompt plus steps); a
+        child that does not leave room for one more step is terminal.
+    """
+
+    search: AStarConfig
+    proposer: ProposerConfig
+    state_width: int
+
+
+def _children(states, proposals):
+    """Child states [B, K, P + T] = state + step."""
+    tokens, lengths = states
+    b, k, _ = proposals.tokens.shape
+    p = tokens.shape[-1]
+    return append_tokens(jnp.broadcast_to(tokens[:, None], (b, k, p)),
+                         jnp.broadcast_to(lengths[:, None], (b, k)),
+                         proposals.tokens, proposals.lengths)
+
+
+def _score(critic: Critic, tokens: jax.Array, lengths: jax.Array):
+    """Last-token scores of [B, K, L] sequences, one pass."""
+    b, k, l = tokens.shape
+    return last_token_scores(critic, tokens.reshape(b * k, l),
+                             lengths.reshape(b * k)).reshape(b, k)
+
+
+def _propose(models: QStarModels, stop: StopRule, config: QStarConfig,
+             tokens, lengths, keys):
+    proposals = propose_steps(models.policy, tokens, lengths, keys, stop,
+                              config=config.proposer)
+    child_tokens, child_lengths = _children((tokens, lengths), proposals)
+    return proposals, child_tokens, child_lengths
+
+
+def expand_nodes(models: QStarModels, stop: StopRule, config: QStarConfig,
+                 tree: Tree, node: jax.Array, keys: jax.Array) -> Expansion:
+    """`ExpandFn` of Q*: top-K steps of each row's node, PRM and QVM scored.
+
+    Args:
+      models, stop, config: bound with `functools.partial` (inside the
+        jitted function, so the models stay traced arguments).
+      tree: the trees; node: [B]; keys: [B].
+
+    Returns:
+      The `Expansion` ([B, K, T] steps).
+    """
+    state = state_tokens(tree, node, config.state_width)
+    proposals, child, child_len = _propose(models, stop, config,
+                                           state.tokens, state.lengths, keys)
+    room = child_len + config.proposer.max_step_tokens <= config.state_width
+    return Expansion(
+        step_tokens=proposals.tokens, step_lengths=proposals.lengths,
+        log_probs=proposals.log_probs, valid=proposals.valid,
+        terminal=proposals.finished | proposals.truncated | ~room,
+        reward=_score(models.prm, child, child_len),
+        q_value=_score(models.qvm, child, child_len),
+        generated_tokens=proposals.generated_tokens)
+
+
+def lookahead_values(models: QStarModels, stop: StopRule,
+                     config: QStarConfig, tree: Tree, child: jax.Array,
+                     keys: jax.Array) -> Lookahead:
+    """`LookaheadFn` of Q*: h(child) = max_a' Q(child, a') over its top-K.
+
+    A terminal child has no next step; its h is its edge value Q(parent, a),
+    the QVM score at the end of its own step (so all h share one scale).
+
+    Args:
+      models, stop, config: bound inside the jitted function.
+      tree: the trees (children already inserted); child: [B, K] slots (-1:
+        none); keys: [B, K].
+    """
+    b, k = child.shape
+    rows = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), tree)
+    state = state_tokens(rows, jnp.maximum(child.reshape(b * k), 0),
+                         config.state_width)
+    edge = last_token_scores(models.qvm, state.tokens, state.lengths)
+    proposals, grand, grand_len = _propose(
+        models, stop, config, state.tokens, state.lengths, keys.reshape(-1))
+    q = _score(models.qvm, grand, grand_len)                  # [B*K, K]
+    best = jnp.max(jnp.where(proposals.valid, q, -jnp.inf), axis=1)
+    terminal = jnp.take_along_axis(tree.terminal, jnp.maximum(child, 0), 1)
+    value = jnp.where(terminal.reshape(-1) | ~jnp.isfinite(best), edge, best)
+    spent = jnp.where(child >= 0, proposals.generated_tokens.reshape(b, k), 0)
+    return Lookahead(value=value.reshape(b, k),
+                     generated_tokens=jnp.sum(spent, axis=1))
+
+
+def qstar_search(models: QStarModels, prompt_tokens: jax.Array,
+                 prompt_lengths: jax.Array, keys: jax.Array, stop: StopRule,
+                 *, config: QStarConfig) -> SearchResult:
+    """Q* on B problems at once (jit with `config` static).
+
+    Args:
+      models: policy, PRM and QVM.
+      prompt_tokens: [B, P0] right-padded prompts; prompt_lengths: [B].
+      keys: [B] one PRNG key per problem (a problem's search does not depend
+        on the rest of the batch).
+      stop: delimiter / end / final-answer token masks.
+      config: static settings.
+
+    Returns:
+      The `SearchResult` (trees, trajectories, best, statistics).
+    """
+    tree = init_tree(prompt_tokens, prompt_lengths,
+                     num_nodes=config.search.num_nodes,
+                     max_step_tokens=config.proposer.max_step_tokens)
+
+    def expand(t, node, k):
+        return expand_nodes(models, stop, config, t, node, k)
+
+    def lookahead(t, child, k):
+        return lookahead_values(models, stop, config, t, child, k)
+
+    return astar_search(expand, tree, keys, config=config.search,
+                        lookahead_fn=lookahead)
