@@ -1,0 +1,118 @@
+"""Step-level beam search against a plain-Python beam search.
+
+The reference proposes steps for one beam at a time (same keys), scores
+each child in its own critic pass and sorts candidates with Python.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from qstar_jax.models.config import tiny
+from qstar_jax.models.critic import Critic, last_token_scores
+from qstar_jax.models.decoder import init_decoder
+from qstar_jax.sampling.decode import StopRule
+from qstar_jax.sampling.logits import SamplingConfig
+from qstar_jax.sampling.proposer import ProposerConfig, propose_steps
+from qstar_jax.sampling.states import pad_states
+from qstar_jax.search.beam import BeamConfig, beam_search
+from qstar_jax.search.qstar import QStarModels
+
+VOCAB, END, DELIM = 40, 2, (5, 6, 7, 8)
+WORST = -1e30
+
+
+def _critic(seed):
+    c = Critic(tiny(vocab_size=VOCAB, num_layers=1), rngs=nnx.Rngs(seed))
+    c.head.kernel[...] = jax.random.normal(jax.random.key(seed),
+                                           c.head.kernel[...].shape)
+    return c
+
+
+@pytest.fixture(scope="module")
+def setup():
+    models = QStarModels(
+        policy=init_decoder(tiny(vocab_size=VOCAB, num_layers=2), seed=0),
+        prm=_critic(1), qvm=_critic(2))
+    stop = StopRule(jnp.zeros(VOCAB, bool).at[jnp.asarray(DELIM)].set(True),
+                    jnp.zeros(VOCAB, bool).at[END].set(True),
+                    jnp.zeros(VOCAB, bool))
+    rows = [[10, 11, 12], [20, 21]]
+    return models, stop, rows
+
+
+def _reference(models, stop, rows, keys, config):
+    """Beam search for each problem separately, in Python."""
+    critic = models.prm if config.score == "prm" else models.qvm
+    w, p, t = config.width, config.state_width, config.proposer.max_step_tokens
+    propose = jax.jit(propose_steps, static_argnames="config")
+    out = []
+    for b, prompt in enumerate(rows):
+        beams = [dict(tokens=prompt, score=0.0 if i == 0 else WORST,
+                      finished=False, steps=0) for i in range(w)]
+        for i in range(config.max_steps):
+            live = [x["score"] > WORST and not x["finished"] for x in beams]
+            if not any(live):
+                break
+            keys_i = jax.random.split(jax.random.fold_in(keys[b], i), w)
+            cands = []
+            for j, beam in enumerate(beams):
+                tok, ln = pad_states([beam["tokens"]], width=p)
+                props = propose(models.policy, tok, ln, keys_i[j:j + 1],
+                                stop, config=config.proposer)
+                for k in range(config.proposer.num_steps):
+                    n = int(props.lengths[0, k])
+                    child = beam["tokens"] + np.asarray(
+                        props.tokens[0, k, :n]).tolist()
+                    ok = bool(props.valid[0, k]) and live[j] and len(child) <= p
+                    score = WORST
+                    if ok:
+                        ct, cl = pad_states([child], width=len(child))
+                        s = float(last_token_scores(critic, ct, cl)[0])
+                        if config.score == "prm" and beam["steps"] > 0:
+                            s = min(beam["score"], s)
+                        score = s
+                    done = (bool(props.finished[0, k])
+                            or bool(props.truncated[0, k])
+                            or len(child) + t > p)
+                    cands.append(dict(tokens=child[:p], score=score,
+                                      finished=done, steps=beam["steps"] + 1))
+            for beam in beams:
+                cands.append(dict(beam, score=beam["score"]
+                                  if beam["finished"] else WORST))
+            order = sorted(range(len(cands)), key=lambda c: -cands[c]["score"])
+            beams = [cands[c] for c in order[:w]]
+        out.append(beams)
+    return out
+
+
+@pytest.mark.parametrize("score", ["prm", "qvm"])
+def test_beam_search_matches_python_reference(setup, score):
+    models, stop, rows = setup
+    config = BeamConfig(
+        width=2, max_steps=3, score=score, aggregation="min", state_width=24,
+        proposer=ProposerConfig(num_steps=2, num_samples=3, max_step_tokens=4,
+                                sampling=SamplingConfig(temperature=1.0)))
+    tokens, lengths = pad_states(rows, width=3)
+    keys = jax.random.split(jax.random.key(7), 2)
+    result = jax.jit(beam_search, static_argnames="config")(
+        models, tokens, lengths, keys, stop, config=config)
+    reference = _reference(models, stop, rows, keys, config)
+    assert int(np.max(result.steps)) >= 2, "the search went past one step"
+    for b in range(2):
+        for w in range(2):
+            ref = reference[b][w]
+            n = int(result.lengths[b, w])
+            assert np.asarray(result.tokens[b, w, :n]).tolist() == \
+                ref["tokens"]
+            np.testing.assert_allclose(float(result.scores[b, w]),
+                                       ref["score"], rtol=1e-4, atol=1e-5)
+            assert bool(result.finished[b, w]) == ref["finished"]
+            assert int(result.steps[b, w]) == ref["steps"]
+
+
+def test_bad_beam_config():
+    with pytest.raises(ValueError):
+        BeamConfig(score="orm")
