@@ -140,3 +140,25 @@ def test_search_is_consistent_and_batch_independent(setup, heuristic):
     np.testing.assert_array_equal(alone.pop_order[0], result.pop_order[1])
     np.testing.assert_array_equal(alone.trajectories[0],
                                   result.trajectories[1])
+
+
+def test_host_loop_agrees_with_batched_search(setup):
+    """The peers' way (a Python heap, one state per model call) and the
+    batched search pop the same nodes and find the same trajectories."""
+    from qstar_jax.search.host_loop import host_qstar
+    models, stop, rows, (tokens, lengths) = setup
+    config = _config()
+    keys = jax.random.split(jax.random.key(8), 3)
+    batched = jax.jit(qstar_search, static_argnames="config")(
+        models, tokens, lengths, keys, stop, config=config)
+    for b, prompt in enumerate(rows):
+        ref = host_qstar(models, stop, config, prompt, keys[b])
+        pops = int(batched.num_pops[b])
+        assert np.asarray(batched.pop_order[b, :pops]).tolist() == \
+            ref.pop_order
+        found = int(batched.num_found[b])
+        assert np.asarray(batched.trajectories[b, :found]).tolist() == \
+            ref.trajectories
+        for node in ref.trajectories:
+            assert trajectory_steps(batched.tree, b, node) == ref.steps(node)
+        assert int(batched.stats.generated_tokens[b]) == ref.generated_tokens

@@ -92,21 +92,22 @@ def _propose(models: QStarModels, stop: StopRule, config: QStarConfig,
     return proposals, child_tokens, child_lengths
 
 
-def expand_nodes(models: QStarModels, stop: StopRule, config: QStarConfig,
-                 tree: Tree, node: jax.Array, keys: jax.Array) -> Expansion:
-    """`ExpandFn` of Q*: top-K steps of each row's node, PRM and QVM scored.
+def expand_states(models: QStarModels, stop: StopRule, config: QStarConfig,
+                  tokens: jax.Array, lengths: jax.Array,
+                  keys: jax.Array) -> Expansion:
+    """Top-K steps of B token states, with PRM rewards and QVM values.
 
     Args:
-      models, stop, config: bound with `functools.partial` (inside the
-        jitted function, so the models stay traced arguments).
-      tree: the trees; node: [B]; keys: [B].
+      models: policy, PRM, QVM; stop: token masks; config: static settings.
+      tokens: [B, P] right-padded states; lengths: [B]; keys: [B].
 
     Returns:
-      The `Expansion` ([B, K, T] steps).
+      The `Expansion` ([B, K, T] steps). A child is terminal when its step
+      ends the solution, was cut at the step-token limit, or leaves no room
+      for another step within `config.state_width`.
     """
-    state = state_tokens(tree, node, config.state_width)
-    proposals, child, child_len = _propose(models, stop, config,
-                                           state.tokens, state.lengths, keys)
+    proposals, child, child_len = _propose(models, stop, config, tokens,
+                                           lengths, keys)
     room = child_len + config.proposer.max_step_tokens <= config.state_width
     return Expansion(
         step_tokens=proposals.tokens, step_lengths=proposals.lengths,
@@ -115,6 +116,20 @@ def expand_nodes(models: QStarModels, stop: StopRule, config: QStarConfig,
         reward=_score(models.prm, child, child_len),
         q_value=_score(models.qvm, child, child_len),
         generated_tokens=proposals.generated_tokens)
+
+
+def expand_nodes(models: QStarModels, stop: StopRule, config: QStarConfig,
+                 tree: Tree, node: jax.Array, keys: jax.Array) -> Expansion:
+    """`ExpandFn` of Q*: `expand_states` on each row's node state.
+
+    Args:
+      models, stop, config: bound inside the jitted function, so the models
+        stay traced arguments rather than constants.
+      tree: the trees; node: [B]; keys: [B].
+    """
+    state = state_tokens(tree, node, config.state_width)
+    return expand_states(models, stop, config, state.tokens, state.lengths,
+                         keys)
 
 
 def lookahead_values(models: QStarModels, stop: StopRule,
