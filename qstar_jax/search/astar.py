@@ -56,7 +56,7 @@ import jax.numpy as jnp
 from qstar_jax.search.interfaces import (ExpandFn, Expansion, Lookahead,
                                          LookaheadFn)
 from qstar_jax.search.tree import (CLOSED, FREE, OPEN, Tree, add_children,
-                                   node_values, recycle, set_scores)
+                                   node_values, select_victims, set_scores)
 
 AGGREGATIONS = ("min", "max", "sum", "last", "none")
 HEURISTICS = ("edge", "lookahead")
@@ -242,6 +242,19 @@ def priority(g: jax.Array, h: jax.Array, lam: float,
     return jnp.where(poisoned, WORST, f), h, bad
 
 
+def best_open_node(tree: Tree) -> jax.Array:
+    """[B] int32 the OPEN slot with the largest f, ties to the lowest index.
+
+    Two plain reductions (max of f, then min of the indices attaining it):
+    on CPU much faster than `jnp.argmax`'s (value, index) reduction. A row
+    without OPEN nodes gets some non-OPEN slot.
+    """
+    score = jnp.where(tree.status == OPEN, tree.f, -jnp.inf)
+    best = jnp.max(score, axis=1, keepdims=True)
+    ids = jnp.arange(tree.capacity, dtype=jnp.int32)
+    return jnp.min(jnp.where(score == best, ids, tree.capacity), axis=1)
+
+
 def _call_if(pred: jax.Array, fn, *args):
     """fn(*args) when pred, else zeros of the same structure (no call)."""
     shapes = jax.eval_shape(fn, *args)
@@ -264,13 +277,20 @@ def _expand(s: _LoopState, node: jax.Array, expanding: jax.Array,
         expansion.reward.astype(jnp.float32))
     valid = expansion.valid.astype(bool) & expanding[:, None]
     num_valid = jnp.sum(valid, axis=1, dtype=jnp.int32)
-    full = num_valid > jnp.sum(tree.status == FREE, axis=1, dtype=jnp.int32)
+    full = num_valid > tree.num_free
     recycled = jnp.zeros_like(num_valid)
     if config.when_full == "recycle":
-        tree, recycled = jax.lax.cond(
-            jnp.any(full),
-            lambda t: recycle(t, num_valid, max_victims=k),
-            lambda t: (t, jnp.zeros_like(num_valid)), tree)
+        # `recycle`, but only the status is reset: a row frees at most its
+        # deficit, so add_children below refills every freed slot (and
+        # rewrites all its fields).
+        victims, take = select_victims(tree, num_valid, max_victims=k)
+        recycled = jnp.sum(take, axis=1, dtype=jnp.int32)
+        tree = tree.replace(
+            status=tree.status.at[
+                jnp.arange(tree.batch_size)[:, None],
+                jnp.where(take, victims, tree.capacity)].set(
+                    FREE, mode="drop"),
+            num_free=tree.num_free + recycled)
     if config.heuristic == "edge":
         f, h, h_bad = priority(g, expansion.q_value.astype(jnp.float32),
                                config.lam, r_bad)
@@ -316,11 +336,8 @@ def _iteration(s: _LoopState, keys: jax.Array, expand_fn: ExpandFn,
     b, n = tree.status.shape
     rows = jnp.arange(b)
     running = s.stats.status == RUNNING
-    is_open = tree.status == OPEN
-    has_open = jnp.any(is_open, axis=1)
-    # Largest f; jnp.argmax returns the first maximum: the lowest index.
-    node = jnp.argmax(jnp.where(is_open, tree.f, -jnp.inf), axis=1)
-    node = node.astype(jnp.int32)
+    node = best_open_node(tree)
+    has_open = node_values(tree.status, node) == OPEN
     terminal = node_values(tree.terminal, node)
     live = running & has_open
     pop_terminal = live & terminal

@@ -57,6 +57,8 @@ class Tree:
       terminal: [B, N] bool the node's state is a complete solution.
       num_nodes: [B] int32 slots ever used (a high-water mark; node 0 is the
         root, so at least 1). Slots >= num_nodes are FREE.
+      num_free: [B] int32 FREE slots: N - num_nodes plus recycled slots not
+        yet reused (kept in step with `status` by the functions here).
     """
 
     prompt_tokens: jax.Array
@@ -73,6 +75,7 @@ class Tree:
     status: jax.Array
     terminal: jax.Array
     num_nodes: jax.Array
+    num_free: jax.Array
 
     ROOT: ClassVar[int] = 0
     NO_PARENT: ClassVar[int] = -1
@@ -136,7 +139,8 @@ def init_tree(prompt_tokens: jax.Array, prompt_lengths: jax.Array, *,
         step_log_prob=zeros, reward=zeros, g=zeros, h=zeros, f=zeros,
         status=jnp.full(shape, FREE, jnp.int32).at[:, Tree.ROOT].set(OPEN),
         terminal=jnp.zeros(shape, bool),
-        num_nodes=jnp.ones((b,), jnp.int32))
+        num_nodes=jnp.ones((b,), jnp.int32),
+        num_free=jnp.full((b,), num_nodes - 1, jnp.int32))
 
 
 def node_values(x: jax.Array, nodes: jax.Array) -> jax.Array:
@@ -232,17 +236,84 @@ def state_tokens(tree: Tree, node: jax.Array, width: int, *,
                        overflow=total > width)
 
 
-def free_slots(tree: Tree, count: int) -> tuple[jax.Array, jax.Array]:
+def free_slots(tree: Tree, count: int) -> jax.Array:
     """The `count` lowest-index FREE slots of each row.
 
+    When no row holds recycled slots waiting for reuse (the usual case), the
+    FREE slots are num_nodes, num_nodes + 1, ... and no [B, N] pass is needed;
+    otherwise they are found with a top-k over the slots.
+
     Returns:
-      slots [B, count] int32 in increasing order (entries past the row's
-      number of FREE slots are meaningless) and num_free [B] int32.
+      slots [B, count] int32 in increasing order; entries at or past the
+      row's `num_free` are meaningless.
     """
-    free = tree.status == FREE
-    ids = jnp.arange(tree.capacity, dtype=jnp.float32)
-    _, slots = jax.lax.top_k(jnp.where(free, -ids, -jnp.inf), count)
-    return slots.astype(jnp.int32), jnp.sum(free, axis=1, dtype=jnp.int32)
+    n = tree.capacity
+
+    def compact():
+        return tree.num_nodes[:, None] + jnp.arange(count, dtype=jnp.int32)
+
+    def scattered():
+        ids = jnp.arange(n, dtype=jnp.float32)
+        score = jnp.where(tree.status == FREE, -ids, -jnp.inf)
+        return jax.lax.top_k(score, count)[1].astype(jnp.int32)
+
+    has_holes = jnp.any(tree.num_free != n - tree.num_nodes)
+    return jax.lax.cond(has_holes, scattered, compact)
+
+
+def select_victims(tree: Tree, need: jax.Array, *,
+                   max_victims: int) -> tuple[jax.Array, jax.Array]:
+    """The OPEN nodes `recycle` frees (see there).
+
+    The [B, N] ranking runs only when some row is short of FREE slots.
+
+    Returns:
+      victims [B, V] int32 slots (V = min(max_victims, N)) and take [B, V]
+      bool (the victim is freed).
+    """
+    n = tree.capacity
+    deficit = jnp.maximum(need - tree.num_free, 0)
+
+    def pick():
+        # Reversed so that top_k's tie rule (lower index first) picks the
+        # highest original index among equal f.
+        score = jnp.where(tree.status == OPEN, -tree.f, -jnp.inf)[:, ::-1]
+        _, rev = jax.lax.top_k(score, min(max_victims, n))
+        victims = (n - 1 - rev).astype(jnp.int32)
+        take = ((jnp.arange(victims.shape[1]) < deficit[:, None])
+                & (node_values(tree.status, victims) == OPEN))
+        return victims, take
+
+    def none():
+        shape = (tree.batch_size, min(max_victims, n))
+        return jnp.zeros(shape, jnp.int32), jnp.zeros(shape, bool)
+
+    return jax.lax.cond(jnp.any(deficit > 0), pick, none)
+
+
+def free_nodes(tree: Tree, nodes: jax.Array, take: jax.Array) -> Tree:
+    """Resets the given slots to FREE (the caller ensures they are leaves).
+
+    Args:
+      tree: the trees.
+      nodes: [B, V] int32 slots; take: [B, V] bool which of them to free.
+    """
+    b, n = tree.status.shape
+    target = jnp.where(take, nodes, n)
+    rows = jnp.arange(b)[:, None]
+
+    def reset(x: jax.Array, value) -> jax.Array:
+        return x.at[rows, target].set(value, mode="drop")
+
+    return tree.replace(
+        parent=reset(tree.parent, Tree.NO_PARENT), depth=reset(tree.depth, 0),
+        step_tokens=reset(tree.step_tokens, 0),
+        step_lengths=reset(tree.step_lengths, 0),
+        step_log_prob=reset(tree.step_log_prob, 0.0),
+        reward=reset(tree.reward, 0.0), g=reset(tree.g, 0.0),
+        h=reset(tree.h, 0.0), f=reset(tree.f, 0.0),
+        status=reset(tree.status, FREE), terminal=reset(tree.terminal, False),
+        num_free=tree.num_free + jnp.sum(take, axis=1, dtype=jnp.int32))
 
 
 def recycle(tree: Tree, need: jax.Array, *,
@@ -264,32 +335,9 @@ def recycle(tree: Tree, need: jax.Array, *,
     Returns:
       The tree with the victims reset to FREE, and freed [B] int32.
     """
-    b, n = tree.status.shape
-    _, num_free = free_slots(tree, 1)
-    deficit = jnp.maximum(need - num_free, 0)
-    is_open = tree.status == OPEN
-    # Reversed so that top_k's tie rule (lower index first) picks the highest
-    # original index among equal f.
-    score = jnp.where(is_open, -tree.f, -jnp.inf)[:, ::-1]
-    _, rev = jax.lax.top_k(score, min(max_victims, n))
-    victims = (n - 1 - rev).astype(jnp.int32)                    # [B, V]
-    take = ((jnp.arange(victims.shape[1]) < deficit[:, None])
-            & (node_values(tree.status, victims) == OPEN))
-    target = jnp.where(take, victims, n)
-    rows = jnp.arange(b)[:, None]
-
-    def reset(x: jax.Array, value) -> jax.Array:
-        return x.at[rows, target].set(value, mode="drop")
-
-    tree = tree.replace(
-        parent=reset(tree.parent, Tree.NO_PARENT), depth=reset(tree.depth, 0),
-        step_tokens=reset(tree.step_tokens, 0),
-        step_lengths=reset(tree.step_lengths, 0),
-        step_log_prob=reset(tree.step_log_prob, 0.0),
-        reward=reset(tree.reward, 0.0), g=reset(tree.g, 0.0),
-        h=reset(tree.h, 0.0), f=reset(tree.f, 0.0),
-        status=reset(tree.status, FREE), terminal=reset(tree.terminal, False))
-    return tree, jnp.sum(take, axis=1, dtype=jnp.int32)
+    victims, take = select_victims(tree, need, max_victims=max_victims)
+    return (free_nodes(tree, victims, take),
+            jnp.sum(take, axis=1, dtype=jnp.int32))
 
 
 def add_children(tree: Tree, parent: jax.Array, expansion: Expansion,
@@ -319,9 +367,10 @@ def add_children(tree: Tree, parent: jax.Array, expansion: Expansion,
     b, n = tree.status.shape
     k = expansion.valid.shape[1]
     valid = expansion.valid.astype(bool) & insert_mask[:, None]
-    slots, num_free = free_slots(tree, min(k, n))
+    slots = free_slots(tree, min(k, n))
     rank = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1         # [B, K]
-    fits = valid & (rank < num_free[:, None]) & (rank < slots.shape[1])
+    fits = (valid & (rank < tree.num_free[:, None])
+            & (rank < slots.shape[1]))
     slot = jnp.take_along_axis(slots, jnp.clip(rank, 0, slots.shape[1] - 1),
                                axis=1)
     child = jnp.where(fits, slot, -1)
@@ -345,7 +394,8 @@ def add_children(tree: Tree, parent: jax.Array, expansion: Expansion,
         status=put(tree.status, OPEN),
         terminal=put(tree.terminal, expansion.terminal),
         num_nodes=jnp.maximum(tree.num_nodes,
-                              jnp.max(jnp.where(fits, slot + 1, 0), axis=1)))
+                              jnp.max(jnp.where(fits, slot + 1, 0), axis=1)),
+        num_free=tree.num_free - jnp.sum(fits, axis=1, dtype=jnp.int32))
     return tree, child
 
 
