@@ -27,8 +27,8 @@ from qstar_jax.search.reference_astar import (aggregate_reward_py,
                                               priority_py, reference_astar)
 from qstar_jax.search.synthetic import SyntheticEnv, TableEnv
 from qstar_jax.search.tree import (CLOSED, FREE, OPEN, Tree, add_children,
-                                   init_tree, path_nodes, state_tokens,
-                                   trajectory_steps)
+                                   best_open_node, init_tree, path_nodes,
+                                   recycle, state_tokens, trajectory_steps)
 
 NUM_GROUPS = 20
 ROWS_PER_GROUP = 12
@@ -243,6 +243,28 @@ def test_when_full_recycle_frees_lowest_f_highest_index():
     _assert_row_matches(result, 0, reference_astar(env, 0, config))
 
 
+def test_recycle_standalone_resets_victims_and_reuses_their_slots():
+    tree = init_tree(jnp.ones((1, 1), jnp.int32), jnp.ones(1, jnp.int32),
+                     num_nodes=5, max_step_tokens=1)
+    four = _expansion(np.arange(4).reshape(1, 4, 1) + 1, np.ones((1, 4)),
+                      [[True] * 4])
+    f = jnp.asarray([[.5, .25, .25, .75]])
+    tree, _ = add_children(tree, jnp.zeros(1, jnp.int32), four, f, f, f,
+                           jnp.ones(1, bool))
+    tree = tree.replace(status=tree.status.at[0, 0].set(CLOSED))
+    tree, freed = recycle(tree, jnp.asarray([2]), max_victims=3)
+    assert freed.tolist() == [2]                   # Slots 3, then 2.
+    assert tree.status[0].tolist() == [CLOSED, OPEN, FREE, FREE, OPEN]
+    assert tree.parent[0].tolist() == [-1, 0, -1, -1, 0]
+    assert tree.f[0].tolist() == [0, .5, 0, 0, .75]
+    assert tree.num_free.tolist() == [2] and tree.num_nodes.tolist() == [5]
+    two = _expansion(np.full((1, 2, 1), 9), np.ones((1, 2)), [[True] * 2])
+    tree, child = add_children(tree, jnp.asarray([4]), two, f[:, :2],
+                               f[:, :2], f[:, :2], jnp.ones(1, bool))
+    assert child.tolist() == [[2, 3]] and tree.num_free.tolist() == [0]
+    assert tree.depth[0].tolist() == [0, 1, 2, 2, 1]
+
+
 def test_when_full_stop_finishes_row_with_full():
     env = _recycle_env()
     config = AStarConfig(num_nodes=4, max_expansions=5, lam=0.0,
@@ -411,6 +433,25 @@ def test_add_children_fills_slots_in_creation_order():
     tree, child = add_children(tree, jnp.asarray([3, 0]), expansion, zeros,
                                zeros, zeros, jnp.ones(2, bool))
     assert child.tolist() == [[-1, -1, -1], [4, -1, -1]]  # No room left.
+
+
+@pytest.mark.parametrize("block", [1, 8, 128])
+def test_best_open_node_is_largest_f_then_lowest_index(block):
+    rng = np.random.default_rng(block)
+    status = rng.integers(0, 3, (16, 45))
+    status[3] = CLOSED                            # A row without OPEN nodes.
+    f = rng.integers(-2, 3, (16, 45)) / 2         # Many ties.
+    tree = init_tree(jnp.ones((16, 1), jnp.int32), jnp.ones(16, jnp.int32),
+                     num_nodes=45, max_step_tokens=1)
+    tree = tree.replace(status=jnp.asarray(status, jnp.int32),
+                        f=jnp.asarray(f, jnp.float32))
+    node = np.asarray(jax.jit(best_open_node, static_argnums=1)(tree, block))
+    for b in range(16):
+        if (status[b] == OPEN).any():
+            assert node[b] == np.argmax(np.where(status[b] == OPEN, f[b],
+                                                 -np.inf))
+        else:
+            assert status[b, node[b]] != OPEN
 
 
 def test_config_validation():

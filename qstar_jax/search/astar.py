@@ -21,10 +21,13 @@ index (the earliest created, while no slot has been recycled):
 
 A row finishes SOLVED after `num_trajectories` terminal pops, BUDGET when it
 needs an expansion beyond `max_expansions` (terminal pops need none),
-EXHAUSTED with no OPEN node, or FULL when children did not fit its slots and
-`when_full='stop'`. Row b's i-th expansion gets the key `fold_in(keys[b], i)`
-(lookahead keys: `split(fold_in(that key, 1), K)`), so a row's search never
-depends on the other rows.
+EXHAUSTED with no OPEN node, or FULL. When a row's valid children outnumber
+its FREE slots, `when_full='stop'` inserts those that fit (in order k) and
+finishes the row FULL; 'recycle' first frees the row's lowest-f OPEN nodes
+(ties: highest slot index), as many as missing, and the children take the
+FREE slots in increasing index order. Row b's i-th expansion gets the key
+`fold_in(keys[b], i)` (lookahead keys: `split(fold_in(that key, 1), K)`),
+so a row's search never depends on the other rows.
 
 Non-finite model outputs: a NaN or infinite reward (unless aggregation is
 'none', which ignores rewards), q_value or lookahead value is replaced by
@@ -40,8 +43,7 @@ Example:
   >>> tree = init_tree(prompts, lengths, num_nodes=256, max_step_tokens=32)
   >>> search = jax.jit(functools.partial(astar_search, expand_fn,
   ...                                    config=config))
-  >>> result = search(tree, keys)          # keys: [B] PRNG keys
-  >>> result.best                           # [B] slot of the best solution
+  >>> result = search(tree, keys)   # keys: [B]; result.best: [B] slots
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ import jax.numpy as jnp
 
 from qstar_jax.search.interfaces import (ExpandFn, Expansion, Lookahead,
                                          LookaheadFn)
-from qstar_jax.search.tree import (CLOSED, FREE, OPEN, Tree, add_children,
-                                   node_values, select_victims, set_scores)
+from qstar_jax.search.tree import (CLOSED, OPEN, Tree, add_children,
+                                   best_open_node, node_values, recycle,
+                                   set_scores)
 
 AGGREGATIONS = ("min", "max", "sum", "last", "none")
 HEURISTICS = ("edge", "lookahead")
@@ -202,18 +205,14 @@ def aggregate_reward(aggregation: str, parent_g: jax.Array,
     r = jnp.where(bad, WORST, reward).astype(jnp.float32)
     pg = parent_g[:, None].astype(jnp.float32)
     root = from_root[:, None]
-    if aggregation == "none":
-        g = jnp.zeros_like(r)
-    elif aggregation == "last":
-        g = r
-    elif aggregation == "min":
-        g = jnp.where(root, r, jnp.minimum(pg, r))
-    elif aggregation == "max":
-        g = jnp.where(root, r, jnp.maximum(pg, r))
-    elif aggregation == "sum":
-        g = jnp.where(root, r, pg + r)
-    else:
+    combine = {"none": lambda: jnp.zeros_like(r), "last": lambda: r,
+               "min": lambda: jnp.minimum(pg, r),
+               "max": lambda: jnp.maximum(pg, r), "sum": lambda: pg + r}
+    if aggregation not in combine:
         raise ValueError(f"unknown aggregation {aggregation!r}")
+    g = combine[aggregation]()
+    if aggregation in ("min", "max", "sum"):
+        g = jnp.where(root, r, g)
     g = jnp.where(jnp.isfinite(g) & (g > POISON_LIMIT), g, WORST)
     return g, bad
 
@@ -242,19 +241,6 @@ def priority(g: jax.Array, h: jax.Array, lam: float,
     return jnp.where(poisoned, WORST, f), h, bad
 
 
-def best_open_node(tree: Tree) -> jax.Array:
-    """[B] int32 the OPEN slot with the largest f, ties to the lowest index.
-
-    Two plain reductions (max of f, then min of the indices attaining it):
-    on CPU much faster than `jnp.argmax`'s (value, index) reduction. A row
-    without OPEN nodes gets some non-OPEN slot.
-    """
-    score = jnp.where(tree.status == OPEN, tree.f, -jnp.inf)
-    best = jnp.max(score, axis=1, keepdims=True)
-    ids = jnp.arange(tree.capacity, dtype=jnp.int32)
-    return jnp.min(jnp.where(score == best, ids, tree.capacity), axis=1)
-
-
 def _call_if(pred: jax.Array, fn, *args):
     """fn(*args) when pred, else zeros of the same structure (no call)."""
     shapes = jax.eval_shape(fn, *args)
@@ -280,17 +266,10 @@ def _expand(s: _LoopState, node: jax.Array, expanding: jax.Array,
     full = num_valid > tree.num_free
     recycled = jnp.zeros_like(num_valid)
     if config.when_full == "recycle":
-        # `recycle`, but only the status is reset: a row frees at most its
-        # deficit, so add_children below refills every freed slot (and
-        # rewrites all its fields).
-        victims, take = select_victims(tree, num_valid, max_victims=k)
-        recycled = jnp.sum(take, axis=1, dtype=jnp.int32)
-        tree = tree.replace(
-            status=tree.status.at[
-                jnp.arange(tree.batch_size)[:, None],
-                jnp.where(take, victims, tree.capacity)].set(
-                    FREE, mode="drop"),
-            num_free=tree.num_free + recycled)
+        # A row frees at most its deficit, so add_children below refills
+        # (and rewrites) every freed slot: no need to reset their fields.
+        tree, recycled = recycle(tree, num_valid, max_victims=k,
+                                 reset_fields=False)
     if config.heuristic == "edge":
         f, h, h_bad = priority(g, expansion.q_value.astype(jnp.float32),
                                config.lam, r_bad)

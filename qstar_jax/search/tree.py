@@ -1,21 +1,16 @@
 """Search trees as preallocated arrays: B problems of N node slots each.
 
-A `Tree` holds, for every problem of the batch, a fixed number N of node
-slots. Slot 0 is the root (the prompt); every other slot is FREE (unused),
-OPEN (created, waiting to be popped: always a leaf) or CLOSED (popped;
-expanded unless it is terminal). A node's state is the prompt followed by the
-steps along its path from the root; only the step into each node is stored.
-
-All functions here are pure, batched over B and jit-compatible: they return
-new trees and never loop over nodes in Python (except the host helper
-`trajectory_steps`).
+Slot 0 of each row is the root (the prompt); every other slot is FREE
+(unused), OPEN (created, waiting to be popped: always a leaf) or CLOSED
+(popped; expanded unless terminal). A node's state is the prompt followed by
+the steps along its path; only the step into each node is stored. All
+functions are pure, batched over B and jit-compatible (except the host
+helper `trajectory_steps`); none loops over nodes in Python.
 
 Slot allocation is deterministic: the valid children of a row, in proposal
-order k = 0..K-1, take that row's FREE slots in increasing index order. As
-long as nothing has been recycled, the FREE slots are exactly
-`num_nodes, num_nodes + 1, ..., N - 1`, so slot numbers follow creation order.
-When a row has fewer FREE slots than children, `recycle` frees OPEN nodes
-(lowest f first, ties to the highest index) so their slots can be reused.
+order k = 0..K-1, take its FREE slots in increasing index order, which are
+`num_nodes, num_nodes + 1, ...` (creation order) until `recycle` frees OPEN
+nodes (lowest f first, ties to the highest index) for reuse.
 """
 
 from __future__ import annotations
@@ -32,6 +27,14 @@ from qstar_jax.search.interfaces import Expansion
 FREE = 0
 OPEN = 1
 CLOSED = 2
+
+_I32, _F32 = jnp.int32, jnp.float32
+_FREE_VALUES = dict(
+    parent=(-1, _I32), depth=(0, _I32), step_tokens=(0, _I32),
+    step_lengths=(0, _I32), step_log_prob=(0, _F32), reward=(0, _F32),
+    g=(0, _F32), h=(0, _F32), f=(0, _F32), status=(FREE, _I32),
+    terminal=(False, bool))
+"""(value, dtype) of every per-node field in a FREE slot."""
 
 
 @flax.struct.dataclass
@@ -90,11 +93,6 @@ class Tree:
         """N, the node slots per problem."""
         return self.status.shape[1]
 
-    @property
-    def max_step_tokens(self) -> int:
-        """T, the longest step in tokens."""
-        return self.step_tokens.shape[2]
-
 
 class StateTokens(NamedTuple):
     """Full token states (prompt followed by the steps of a path).
@@ -127,20 +125,15 @@ def init_tree(prompt_tokens: jax.Array, prompt_lengths: jax.Array, *,
         raise ValueError("num_nodes and max_step_tokens must be >= 1")
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     b = prompt_tokens.shape[0]
-    shape = (b, num_nodes)
-    zeros = jnp.zeros(shape, jnp.float32)
+    fields = {name: jnp.full((b, num_nodes), value, dtype)
+              for name, (value, dtype) in _FREE_VALUES.items()}
+    fields["step_tokens"] = jnp.zeros((b, num_nodes, max_step_tokens), _I32)
+    fields["status"] = fields["status"].at[:, Tree.ROOT].set(OPEN)
     return Tree(
         prompt_tokens=prompt_tokens,
         prompt_lengths=jnp.asarray(prompt_lengths, jnp.int32),
-        parent=jnp.full(shape, Tree.NO_PARENT, jnp.int32),
-        depth=jnp.zeros(shape, jnp.int32),
-        step_tokens=jnp.zeros(shape + (max_step_tokens,), jnp.int32),
-        step_lengths=jnp.zeros(shape, jnp.int32),
-        step_log_prob=zeros, reward=zeros, g=zeros, h=zeros, f=zeros,
-        status=jnp.full(shape, FREE, jnp.int32).at[:, Tree.ROOT].set(OPEN),
-        terminal=jnp.zeros(shape, bool),
         num_nodes=jnp.ones((b,), jnp.int32),
-        num_free=jnp.full((b,), num_nodes - 1, jnp.int32))
+        num_free=jnp.full((b,), num_nodes - 1, jnp.int32), **fields)
 
 
 def node_values(x: jax.Array, nodes: jax.Array) -> jax.Array:
@@ -169,22 +162,15 @@ def path_nodes(tree: Tree, node: jax.Array, max_depth: int) -> jax.Array:
       [B, D + 1] int32 slots root, ..., node, padded with -1 at the end. A
       node deeper than D gets its last D + 1 path nodes (the root is missing).
     """
-    b = tree.batch_size
-    rows = jnp.arange(b)
-
-    def cond(carry):
-        j, _, cur = carry
-        return (j <= max_depth) & jnp.any(cur >= 0)
-
     def body(carry):
         j, anc, cur = carry
-        anc = anc.at[:, j].set(cur)
-        nxt = jnp.where(cur >= 0, tree.parent[rows, jnp.maximum(cur, 0)], -1)
-        return j + 1, anc, nxt
+        parent = jnp.where(cur >= 0, node_values(tree.parent, cur), -1)
+        return j + 1, anc.at[:, j].set(cur), parent
 
-    anc0 = jnp.full((b, max_depth + 1), -1, jnp.int32)
+    anc = jnp.full((tree.batch_size, max_depth + 1), -1, jnp.int32)
     _, anc, _ = jax.lax.while_loop(
-        cond, body, (jnp.int32(0), anc0, node.astype(jnp.int32)))
+        lambda c: (c[0] <= max_depth) & jnp.any(c[2] >= 0), body,
+        (jnp.int32(0), anc, node.astype(jnp.int32)))
     count = jnp.sum(anc >= 0, axis=1)                     # [B]
     src = count[:, None] - 1 - jnp.arange(max_depth + 1)  # [B, D + 1]
     path = jnp.take_along_axis(anc, jnp.maximum(src, 0), axis=1)
@@ -211,16 +197,13 @@ def state_tokens(tree: Tree, node: jax.Array, width: int, *,
     """
     b, n, t = tree.step_tokens.shape
     depth = n - 1 if max_depth is None else max_depth
-    rows = jnp.arange(b)
     path = path_nodes(tree, node, depth)                          # [B, D+1]
     lengths = jnp.where(path >= 0, node_values(tree.step_lengths, path), 0)
     offsets = jnp.cumsum(lengths, axis=1) - lengths               # exclusive
     total = tree.prompt_lengths + jnp.sum(lengths, axis=1)
 
-    p0 = tree.prompt_tokens.shape[1]
-    keep = min(p0, width)
-    pos = jnp.arange(keep)
-    prompt = jnp.where(pos < tree.prompt_lengths[:, None],
+    keep = min(tree.prompt_tokens.shape[1], width)
+    prompt = jnp.where(jnp.arange(keep) < tree.prompt_lengths[:, None],
                        tree.prompt_tokens[:, :keep], pad_id)
     out = jnp.full((b, width), pad_id, jnp.int32).at[:, :keep].set(prompt)
 
@@ -231,9 +214,36 @@ def state_tokens(tree: Tree, node: jax.Array, width: int, *,
     mask = ((path >= 0)[:, :, None] & (tpos < lengths[:, :, None])
             & (target < width))
     target = jnp.where(mask, target, width)                       # dropped
-    out = out.at[rows[:, None, None], target].set(steps, mode="drop")
+    out = out.at[jnp.arange(b)[:, None, None], target].set(steps,
+                                                            mode="drop")
     return StateTokens(tokens=out, lengths=jnp.minimum(total, width),
                        overflow=total > width)
+
+
+def best_open_node(tree: Tree, block: int = 128) -> jax.Array:
+    """[B] int32 the OPEN slot with the largest f, ties to the lowest index.
+
+    One pass over [B, N] computes the best f of every block of `block`
+    slots; the lowest-index block holding the row's best f is then scanned
+    for its lowest matching slot. On CPU this is several times faster than
+    `jnp.argmax` (a (value, index) reduction). A row without OPEN nodes gets
+    some non-OPEN slot.
+    """
+    b, n = tree.status.shape
+    block = min(block, n)
+    num_blocks = -(-n // block)
+    score = jnp.where(tree.status == OPEN, tree.f, -jnp.inf)
+    score = jnp.pad(score, ((0, 0), (0, num_blocks * block - n)),
+                    constant_values=-jnp.inf)
+    block_best = jnp.max(score.reshape(b, num_blocks, block), axis=2)
+    best = jnp.max(block_best, axis=1, keepdims=True)             # [B, 1]
+    first = jnp.min(jnp.where(block_best == best, jnp.arange(num_blocks),
+                              num_blocks - 1), axis=1)
+    ids = first[:, None] * block + jnp.arange(block)              # [B, blk]
+    hit = ((ids < n) & (node_values(tree.status, jnp.minimum(ids, n - 1))
+                        == OPEN) & (node_values(tree.f, ids) == best))
+    offset = jnp.min(jnp.where(hit, jnp.arange(block), block), axis=1)
+    return (first * block + offset % block).astype(jnp.int32)
 
 
 def free_slots(tree: Tree, count: int) -> jax.Array:
@@ -261,63 +271,8 @@ def free_slots(tree: Tree, count: int) -> jax.Array:
     return jax.lax.cond(has_holes, scattered, compact)
 
 
-def select_victims(tree: Tree, need: jax.Array, *,
-                   max_victims: int) -> tuple[jax.Array, jax.Array]:
-    """The OPEN nodes `recycle` frees (see there).
-
-    The [B, N] ranking runs only when some row is short of FREE slots.
-
-    Returns:
-      victims [B, V] int32 slots (V = min(max_victims, N)) and take [B, V]
-      bool (the victim is freed).
-    """
-    n = tree.capacity
-    deficit = jnp.maximum(need - tree.num_free, 0)
-
-    def pick():
-        # Reversed so that top_k's tie rule (lower index first) picks the
-        # highest original index among equal f.
-        score = jnp.where(tree.status == OPEN, -tree.f, -jnp.inf)[:, ::-1]
-        _, rev = jax.lax.top_k(score, min(max_victims, n))
-        victims = (n - 1 - rev).astype(jnp.int32)
-        take = ((jnp.arange(victims.shape[1]) < deficit[:, None])
-                & (node_values(tree.status, victims) == OPEN))
-        return victims, take
-
-    def none():
-        shape = (tree.batch_size, min(max_victims, n))
-        return jnp.zeros(shape, jnp.int32), jnp.zeros(shape, bool)
-
-    return jax.lax.cond(jnp.any(deficit > 0), pick, none)
-
-
-def free_nodes(tree: Tree, nodes: jax.Array, take: jax.Array) -> Tree:
-    """Resets the given slots to FREE (the caller ensures they are leaves).
-
-    Args:
-      tree: the trees.
-      nodes: [B, V] int32 slots; take: [B, V] bool which of them to free.
-    """
-    b, n = tree.status.shape
-    target = jnp.where(take, nodes, n)
-    rows = jnp.arange(b)[:, None]
-
-    def reset(x: jax.Array, value) -> jax.Array:
-        return x.at[rows, target].set(value, mode="drop")
-
-    return tree.replace(
-        parent=reset(tree.parent, Tree.NO_PARENT), depth=reset(tree.depth, 0),
-        step_tokens=reset(tree.step_tokens, 0),
-        step_lengths=reset(tree.step_lengths, 0),
-        step_log_prob=reset(tree.step_log_prob, 0.0),
-        reward=reset(tree.reward, 0.0), g=reset(tree.g, 0.0),
-        h=reset(tree.h, 0.0), f=reset(tree.f, 0.0),
-        status=reset(tree.status, FREE), terminal=reset(tree.terminal, False),
-        num_free=tree.num_free + jnp.sum(take, axis=1, dtype=jnp.int32))
-
-
-def recycle(tree: Tree, need: jax.Array, *,
-            max_victims: int) -> tuple[Tree, jax.Array]:
+def recycle(tree: Tree, need: jax.Array, *, max_victims: int,
+            reset_fields: bool = True) -> tuple[Tree, jax.Array]:
     """Frees OPEN nodes so that each row has at least `need` FREE slots.
 
     A row with fewer FREE slots than `need` frees its lowest-f OPEN nodes,
@@ -325,19 +280,50 @@ def recycle(tree: Tree, need: jax.Array, *,
     nothing has been recycled), at most `max_victims` and at most as many as it
     has OPEN nodes. OPEN nodes are leaves (only popped nodes get children),
     so freeing one never orphans a node; CLOSED nodes (ancestors of every
-    OPEN node and every found trajectory) are never freed.
+    OPEN node and every found trajectory) are never freed. The [B, N]
+    ranking runs only when some row is short of slots.
 
     Args:
       tree: the trees.
       need: [B] int32 slots wanted per row.
       max_victims: static bound on the nodes freed per row (<= N).
+      reset_fields: also reset the freed slots' other fields (False: only
+        status and num_free change, for callers that refill every freed
+        slot at once).
 
     Returns:
-      The tree with the victims reset to FREE, and freed [B] int32.
+      The tree with the victims FREE, and freed [B] int32.
     """
-    victims, take = select_victims(tree, need, max_victims=max_victims)
-    return (free_nodes(tree, victims, take),
-            jnp.sum(take, axis=1, dtype=jnp.int32))
+    b, n = tree.status.shape
+    v = min(max_victims, n)
+    deficit = jnp.maximum(need - tree.num_free, 0)
+
+    def pick():
+        # Reversed so that top_k's tie rule (lower index first) picks the
+        # highest original index among equal f.
+        score = jnp.where(tree.status == OPEN, -tree.f, -jnp.inf)[:, ::-1]
+        victims = (n - 1 - jax.lax.top_k(score, v)[1]).astype(jnp.int32)
+        take = ((jnp.arange(v) < deficit[:, None])
+                & (node_values(tree.status, victims) == OPEN))
+        return jnp.where(take, victims, n)
+
+    target = jax.lax.cond(jnp.any(deficit > 0), pick,
+                          lambda: jnp.full((b, v), n, jnp.int32))
+    freed = jnp.sum(target < n, axis=1, dtype=jnp.int32)
+    names = list(_FREE_VALUES) if reset_fields else ["status"]
+    tree = tree.replace(
+        num_free=tree.num_free + freed,
+        **{name: _put(getattr(tree, name), target, _FREE_VALUES[name][0])
+           for name in names})
+    return tree, freed
+
+
+def _put(x: jax.Array, target: jax.Array, value) -> jax.Array:
+    """x[b, target[b, k]] = value[b, k] ([B, K]; targets >= N are dropped)."""
+    value = jnp.broadcast_to(jnp.asarray(value, x.dtype),
+                             target.shape + x.shape[2:])
+    rows = jnp.arange(x.shape[0])[:, None]
+    return x.at[rows, target].set(value, mode="drop")
 
 
 def add_children(tree: Tree, parent: jax.Array, expansion: Expansion,
@@ -355,48 +341,36 @@ def add_children(tree: Tree, parent: jax.Array, expansion: Expansion,
       parent: [B] int32 the slot each row expands.
       expansion: the K proposed children per row (`Expansion`, [B, K, ...]);
         its `reward` is stored as given.
-      g: [B, K] float32 aggregated rewards of the children.
-      h: [B, K] float32 heuristics of the children.
-      f: [B, K] float32 priorities of the children.
+      g, h, f: [B, K] float32 aggregated rewards, heuristics and priorities
+        of the children.
       insert_mask: [B] bool rows whose children are inserted.
 
     Returns:
       The new tree and child_index [B, K] int32 (slot of each child, -1 when
       invalid, masked out or dropped).
     """
-    b, n = tree.status.shape
-    k = expansion.valid.shape[1]
+    n = tree.capacity
     valid = expansion.valid.astype(bool) & insert_mask[:, None]
-    slots = free_slots(tree, min(k, n))
+    slots = free_slots(tree, min(valid.shape[1], n))
     rank = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1         # [B, K]
     fits = (valid & (rank < tree.num_free[:, None])
             & (rank < slots.shape[1]))
     slot = jnp.take_along_axis(slots, jnp.clip(rank, 0, slots.shape[1] - 1),
                                axis=1)
-    child = jnp.where(fits, slot, -1)
     target = jnp.where(fits, slot, n)
-    rows = jnp.arange(b)[:, None]
-
-    def put(x: jax.Array, value) -> jax.Array:
-        value = jnp.broadcast_to(jnp.asarray(value, x.dtype),
-                                 (b, k) + x.shape[2:])
-        return x.at[rows, target].set(value, mode="drop")
-
-    parent = parent.astype(jnp.int32)
+    parent = parent.astype(jnp.int32)[:, None]
+    new = dict(
+        parent=parent, depth=node_values(tree.depth, parent) + 1,
+        step_tokens=expansion.step_tokens, step_lengths=expansion.step_lengths,
+        step_log_prob=expansion.log_probs, reward=expansion.reward, g=g, h=h,
+        f=f, status=OPEN, terminal=expansion.terminal)
     tree = tree.replace(
-        parent=put(tree.parent, parent[:, None]),
-        depth=put(tree.depth, node_values(tree.depth, parent)[:, None] + 1),
-        step_tokens=put(tree.step_tokens, expansion.step_tokens),
-        step_lengths=put(tree.step_lengths, expansion.step_lengths),
-        step_log_prob=put(tree.step_log_prob, expansion.log_probs),
-        reward=put(tree.reward, expansion.reward),
-        g=put(tree.g, g), h=put(tree.h, h), f=put(tree.f, f),
-        status=put(tree.status, OPEN),
-        terminal=put(tree.terminal, expansion.terminal),
+        **{name: _put(getattr(tree, name), target, value)
+           for name, value in new.items()},
         num_nodes=jnp.maximum(tree.num_nodes,
                               jnp.max(jnp.where(fits, slot + 1, 0), axis=1)),
         num_free=tree.num_free - jnp.sum(fits, axis=1, dtype=jnp.int32))
-    return tree, child
+    return tree, jnp.where(fits, slot, -1)
 
 
 def set_scores(tree: Tree, nodes: jax.Array, h: jax.Array,
@@ -408,10 +382,8 @@ def set_scores(tree: Tree, nodes: jax.Array, h: jax.Array,
       nodes: [B, K] int32 slots (-1 entries are skipped).
       h: [B, K] float32 new heuristics; f: [B, K] float32 new priorities.
     """
-    rows = jnp.arange(tree.batch_size)[:, None]
     target = jnp.where(nodes >= 0, nodes, tree.capacity)
-    return tree.replace(h=tree.h.at[rows, target].set(h, mode="drop"),
-                        f=tree.f.at[rows, target].set(f, mode="drop"))
+    return tree.replace(h=_put(tree.h, target, h), f=_put(tree.f, target, f))
 
 
 def trajectory_steps(tree: Tree, b: int, node: int) -> list[list[int]]:
@@ -425,11 +397,9 @@ def trajectory_steps(tree: Tree, b: int, node: int) -> list[list[int]]:
     Returns:
       One token list per step, root's child first.
     """
-    parent = np.asarray(tree.parent[b])
-    tokens = np.asarray(tree.step_tokens[b])
-    lengths = np.asarray(tree.step_lengths[b])
-    steps = []
-    node = int(node)
+    parent, tokens, lengths = (np.asarray(x[b]) for x in (
+        tree.parent, tree.step_tokens, tree.step_lengths))
+    steps, node = [], int(node)
     while node > Tree.ROOT:
         steps.append(tokens[node, :lengths[node]].tolist())
         node = int(parent[node])
