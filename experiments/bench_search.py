@@ -1,0 +1,230 @@
+"""Search benchmark: the batched JAX A* against a plain-Python heapq A*.
+
+Part (a), engine overhead. The model is the synthetic table environment
+(`qstar_jax.search.synthetic`, no language model: a few integer hashes per
+child), so the time is the search engine's own. On the same instances it
+measures node expansions per second of
+
+  * the jitted batched `astar_search` at B = 1 (the problems one by one, one
+    call each) and at B = 64 (all problems in one call), compile time
+    excluded and reported separately, and
+  * `reference_astar` (heapq, one problem at a time, single-threaded
+    Python) on the same problems,
+
+and reports the ratio at each B, for a fixed-budget search (no solution
+within reach: every problem uses its whole expansion budget), the same with
+the 'lookahead' heuristic (K model-side evaluations per child, so the
+Python reference pays K times more per expansion), and an early-stopping
+search (problems finish after 6 trajectories, at different times, so a
+batch idles on its finished rows: see row_utilization), and the fixed-budget
+search with 4x the budget and slots (a JAX iteration scans all N slots, a
+heap pop costs log N: the ratio falls as N grows). Every JAX result is
+checked against the reference (same pop order and trajectories).
+
+Part (b), the language-model end-to-end comparison, is a second section of
+`main()` (see there).
+
+Usage:
+  python experiments/bench_search.py --out experiments/results/bench_search.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qstar_jax.search.astar import STATUS_NAMES, AStarConfig, astar_search
+from qstar_jax.search.reference_astar import reference_astar
+from qstar_jax.search.synthetic import SyntheticEnv
+
+
+def machine_info() -> dict:
+    """Where the numbers come from, and how busy the machine was."""
+    load = os.getloadavg()
+    cpus = os.cpu_count() or 1
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(), "python": sys.version.split()[0],
+        "jax": jax.__version__, "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()], "cpu_count": cpus,
+        "cpu_model": model, "load_average_start": list(load),
+        "busy_at_start": load[0] > 0.5 * cpus,
+    }
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    """Wall times of `repeats` calls of fn (results blocked on)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _jax_search(env: SyntheticEnv, config: AStarConfig):
+    """jit(roots [B], keys [B]) -> SearchResult, the tree built inside."""
+    look = env.lookahead_fn if config.heuristic == "lookahead" else None
+
+    @jax.jit
+    def search(roots, keys):
+        tree = env.init_tree(roots, num_nodes=config.num_nodes)
+        return astar_search(env.expand_fn, tree, keys, config=config,
+                            lookahead_fn=look)
+    return search
+
+
+def _same_as_reference(result, refs) -> bool:
+    """Pop order, trajectories and status of every row equal the reference."""
+    pops, num = np.asarray(result.pop_order), np.asarray(result.num_pops)
+    found = np.asarray(result.trajectories)
+    status = np.asarray(result.stats.status)
+    return all(
+        pops[b, :num[b]].tolist() == ref.pop_order
+        and found[b, :len(ref.trajectories)].tolist() == ref.trajectories
+        and int(status[b]) == ref.status for b, ref in enumerate(refs))
+
+
+def engine_overhead(env: SyntheticEnv, config: AStarConfig,
+                    num_problems: int, repeats: int, seed: int) -> dict:
+    """Part (a) for one setting: expansions per second, JAX vs heapq."""
+    roots = np.random.default_rng(seed).integers(0, 2 ** 31, num_problems)
+    keys = jax.random.split(jax.random.key(seed), num_problems)
+
+    # The reference, problem by problem.
+    ref_times, refs = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        refs = [reference_astar(env, int(r), config) for r in roots]
+        ref_times.append(time.perf_counter() - start)
+    expansions = sum(r.expansions for r in refs)
+    ref_rate = expansions / min(ref_times)
+    out = {"reference": {
+        "seconds": min(ref_times), "expansions": expansions,
+        "expansions_per_s": ref_rate,
+        "status_counts": {name: sum(r.status == i for r in refs)
+                          for i, name in enumerate(STATUS_NAMES)}}}
+
+    for batch in (1, num_problems):
+        search = _jax_search(env, config)
+        chunks = [(jnp.asarray(roots[i:i + batch], jnp.int32),
+                   keys[i:i + batch])
+                  for i in range(0, num_problems, batch)]
+        start = time.perf_counter()
+        compiled = search.lower(*chunks[0]).compile()
+        compile_s = time.perf_counter() - start
+        start = time.perf_counter()
+        results = [jax.block_until_ready(compiled(*c)) for c in chunks]
+        first_run_s = time.perf_counter() - start
+        times = _timed(lambda: [compiled(*c) for c in chunks], repeats)
+        done = sum(int(np.asarray(r.stats.expansions).sum()) for r in results)
+        loops = sum(int(np.asarray(r.num_pops).max()) + 1 for r in results)
+        rate = done / min(times)
+        out[f"jax_b{batch}"] = {
+            "batch": batch, "calls": len(chunks),
+            "compile_s": compile_s, "first_run_s": first_run_s,
+            "seconds_min": min(times),
+            "seconds_median": statistics.median(times),
+            "expansions": done, "expansions_per_s": rate,
+            "row_utilization": done / (loops * batch),
+            "speedup_vs_reference": rate / ref_rate,
+            "same_as_reference": all(
+                _same_as_reference(r, refs[i * batch:(i + 1) * batch])
+                for i, r in enumerate(results)),
+        }
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="JSON results file")
+    parser.add_argument("--num-problems", type=int, default=64)
+    parser.add_argument("--branching", type=int, default=6)
+    parser.add_argument("--max-depth", type=int, default=12,
+                        help="depth of the early-stopping problems")
+    parser.add_argument("--max-expansions", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    results = {"machine": machine_info(), "argv": sys.argv[1:]}
+
+    # ---- Part (a): engine overhead with a zero-cost scripted model. -------
+    def base(max_expansions: int = args.max_expansions, **kwargs):
+        # Room for every child: no recycling, N a multiple of 128.
+        slots = 1 + max_expansions * args.branching
+        return AStarConfig(num_nodes=128 * -(-slots // 128),
+                           max_expansions=max_expansions, lam=1.0,
+                           aggregation="min", **kwargs)
+
+    # No terminal within reach: every problem spends its whole budget.
+    budget_env = SyntheticEnv(seed=args.seed, branching=args.branching,
+                              max_depth=args.max_expansions + 1,
+                              terminal_prob=0.0, invalid_prob=0.1)
+    early_env = SyntheticEnv(seed=args.seed, branching=args.branching,
+                             max_depth=args.max_depth, terminal_prob=0.15,
+                             invalid_prob=0.1)
+    settings = {
+        "fixed_budget_edge": (budget_env, base(num_trajectories=1)),
+        "fixed_budget_lookahead": (budget_env, base(num_trajectories=1,
+                                                    heuristic="lookahead")),
+        "early_stop_edge": (early_env, base(num_trajectories=6)),
+        # 4x the budget, so about 4x the slots: each JAX iteration scans
+        # all N slots, while a heap pop costs log N.
+        "fixed_budget_edge_4x": (
+            dataclasses.replace(budget_env,
+                                max_depth=4 * args.max_expansions + 1),
+            base(max_expansions=4 * args.max_expansions,
+                 num_trajectories=1)),
+    }
+    part_a = {"what": "node expansions per second, synthetic model; "
+                      "compile excluded", "settings": {}}
+    for name, (env, config) in settings.items():
+        row = engine_overhead(env, config, args.num_problems, args.repeats,
+                              args.seed)
+        row["env"] = dataclasses.asdict(env)
+        row["config"] = {k: getattr(config, k) for k in (
+            "num_nodes", "max_expansions", "num_trajectories", "lam",
+            "aggregation", "heuristic", "when_full")}
+        part_a["settings"][name] = row
+        print(f"{name}: reference {row['reference']['expansions_per_s']:.0f}"
+              f" exp/s; " + "; ".join(
+                  f"B={row[k]['batch']} {row[k]['expansions_per_s']:.0f} "
+                  f"exp/s ({row[k]['speedup_vs_reference']:.1f}x)"
+                  for k in row if k.startswith("jax_b")), flush=True)
+    results["engine_overhead"] = part_a
+
+    # ---- Part (b): language-model end-to-end comparison. ------------------
+    # A second section goes here, written the same way:
+    #   results["lm_end_to_end"] = {...}
+    # (the same problems searched with the policy/PRM/QVM expand functions,
+    # against the peers' implementations), before the machine's final load
+    # is recorded below.
+
+    load = os.getloadavg()
+    results["machine"]["load_average_end"] = list(load)
+    results["machine"]["busy_at_end"] = load[0] > 0.5 * os.cpu_count()
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
