@@ -142,7 +142,7 @@ def test_python_and_jax_tables_agree_bit_for_bit():
                              terminal_prob=0.5, invalid_prob=0.5, levels=4)):
         states = rng.integers(0, 2 ** 31, 64)
         depths = rng.integers(0, env.max_depth, 64)
-        table = jax.tree.map(np.asarray, env._table(jnp.asarray(
+        table = jax.tree.map(np.asarray, env.table(jnp.asarray(
             states, jnp.int32), jnp.asarray(depths, jnp.int32)))
         for i, (s, d) in enumerate(zip(states, depths)):
             for a, child in enumerate(env.expand(int(s), int(d)).children):

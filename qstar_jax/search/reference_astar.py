@@ -43,6 +43,8 @@ class ReferenceChild(Protocol):
 
 
 class ReferenceExpansionLike(Protocol):
+    """The K children of a state and the tokens spent proposing them."""
+
     children: Sequence[ReferenceChild]
     generated_tokens: int
 

@@ -88,7 +88,12 @@ class PyChild(NamedTuple):
 
 
 class PyExpansion(NamedTuple):
-    """K children of a state and the tokens "generated" to propose them."""
+    """K children of a state (the `ReferenceEnv` expansion record).
+
+    Attributes:
+      children: the K `PyChild` records, in action order.
+      generated_tokens: tokens "generated" to propose them.
+    """
 
     children: list[PyChild]
     generated_tokens: int
@@ -188,8 +193,13 @@ class SyntheticEnv:
         return (max(values) if values else NO_ACTION_VALUE), self.branching
 
     # -- jittable table (search side) ----------------------------------------
-    def _table(self, state: jax.Array, depth: jax.Array) -> dict:
-        """The K children of states [...] at depths [...]: fields [..., K]."""
+    def table(self, state: jax.Array, depth: jax.Array) -> dict:
+        """The K children of states [...] at depths [...], jittable.
+
+        Returns:
+          child (state ids), reward, q_value, log_prob, terminal and valid,
+          each [..., K]; equal to `child_py` entry by entry.
+        """
         k, lv = self.branching, self.levels
         s = state.astype(jnp.uint32)[..., None]
         a = jnp.arange(k, dtype=jnp.uint32)
@@ -228,7 +238,7 @@ class SyntheticEnv:
                   keys: jax.Array) -> Expansion:
         """The jittable `ExpandFn` (keys are unused: the table is fixed)."""
         del keys
-        t = self._table(self.node_state(tree, node),
+        t = self.table(self.node_state(tree, node),
                         node_values(tree.depth, node))
         b = node.shape[0]
         return Expansion(
@@ -243,7 +253,7 @@ class SyntheticEnv:
                      keys: jax.Array) -> Lookahead:
         """The jittable `LookaheadFn`, equal to `lookahead` per child."""
         del keys
-        t = self._table(self.node_state(tree, child_nodes),
+        t = self.table(self.node_state(tree, child_nodes),
                         node_values(tree.depth, child_nodes))  # [B, K, K]
         q, valid = t["q_value"], t["valid"]
         best = jnp.max(jnp.where(valid, q, -jnp.inf), axis=-1)
@@ -279,7 +289,9 @@ class TableEnv:
       terminal: [S] bool the state is a complete solution.
     """
 
-    def __init__(self, child, reward, q_value, log_prob, terminal):
+    def __init__(self, child: np.ndarray, reward: np.ndarray,
+                 q_value: np.ndarray, log_prob: np.ndarray,
+                 terminal: np.ndarray):
         self.child = np.asarray(child, np.int32)
         self.reward = np.asarray(reward, np.float32)
         self.q_value = np.asarray(q_value, np.float32)
