@@ -25,9 +25,9 @@ EXHAUSTED with no OPEN node, or FULL. When a row's valid children outnumber
 its FREE slots, `when_full='stop'` inserts those that fit (in order k) and
 finishes the row FULL; 'recycle' first frees the row's lowest-f OPEN nodes
 (ties: highest slot index), as many as missing, and the children take the
-FREE slots in increasing index order. Row b's i-th expansion gets the key
-`fold_in(keys[b], i)` (lookahead keys: `split(fold_in(that key, 1), K)`),
-so a row's search never depends on the other rows.
+FREE slots in increasing index order. Row b's expansion number i = 0, 1,
+... gets the key `fold_in(keys[b], i)` (lookahead keys: `split(fold_in(that
+key, 1), K)`), so a row's search never depends on the other rows.
 
 Non-finite model outputs: a NaN or infinite reward (unless aggregation is
 'none', which ignores rewards), q_value or lookahead value is replaced by
