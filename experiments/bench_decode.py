@@ -146,7 +146,7 @@ def torch_python(requested: str | None) -> str | None:
     if requested:
         return requested
     try:
-        import torch  # noqa: F401
+        import torch  # noqa: F401  (availability check)
         import transformers  # noqa: F401
     except ImportError:
         return None

@@ -4,10 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from qstar_jax.models.config import tiny
-from qstar_jax.models.critic import Critic
 from qstar_jax.models.decoder import init_decoder
 from qstar_jax.sampling.decode import StopRule
 from qstar_jax.sampling.logits import SamplingConfig
@@ -19,11 +17,9 @@ VOCAB, END, DELIM = 40, 2, (5, 6)
 
 
 @pytest.fixture(scope="module")
-def setup():
+def setup(random_critic):
     policy = init_decoder(tiny(vocab_size=VOCAB, num_layers=2), seed=0)
-    critic = Critic(tiny(vocab_size=VOCAB, num_layers=1), rngs=nnx.Rngs(3))
-    critic.head.kernel[...] = jax.random.normal(
-        jax.random.key(4), critic.head.kernel[...].shape)
+    critic = random_critic(VOCAB, 3)
     stop = StopRule(jnp.zeros(VOCAB, bool).at[jnp.asarray(DELIM)].set(True),
                     jnp.zeros(VOCAB, bool).at[END].set(True),
                     jnp.zeros(VOCAB, bool))

@@ -8,10 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from qstar_jax.models.config import tiny
-from qstar_jax.models.critic import Critic, last_token_scores
+from qstar_jax.models.critic import last_token_scores
 from qstar_jax.models.decoder import init_decoder
 from qstar_jax.sampling.decode import StopRule
 from qstar_jax.sampling.logits import SamplingConfig
@@ -24,18 +23,11 @@ VOCAB, END, DELIM = 40, 2, (5, 6, 7, 8)
 WORST = -1e30
 
 
-def _critic(seed):
-    c = Critic(tiny(vocab_size=VOCAB, num_layers=1), rngs=nnx.Rngs(seed))
-    c.head.kernel[...] = jax.random.normal(jax.random.key(seed),
-                                           c.head.kernel[...].shape)
-    return c
-
-
 @pytest.fixture(scope="module")
-def setup():
+def setup(random_critic):
     models = QStarModels(
         policy=init_decoder(tiny(vocab_size=VOCAB, num_layers=2), seed=0),
-        prm=_critic(1), qvm=_critic(2))
+        prm=random_critic(VOCAB, 1), qvm=random_critic(VOCAB, 2))
     stop = StopRule(jnp.zeros(VOCAB, bool).at[jnp.asarray(DELIM)].set(True),
                     jnp.zeros(VOCAB, bool).at[END].set(True),
                     jnp.zeros(VOCAB, bool))

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qstar_jax.models.config import (DecoderConfig, backend_dtype, preset,
-                                     smollm2_135m, tiny)
+from qstar_jax.models.config import backend_dtype, preset, smollm2_135m, tiny
 from qstar_jax.models.decoder import apply_rotary, init_decoder, rotary_tables
 from qstar_jax.sampling.decode import forward_logits, prefill
 

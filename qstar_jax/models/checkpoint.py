@@ -16,7 +16,6 @@ the rotate-half rotary embedding of `qstar_jax.models.decoder`.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from typing import Callable, Mapping
 
