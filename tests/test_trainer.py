@@ -84,12 +84,23 @@ def test_loss_decreases(tmp_path):
     cfg = TrainConfig(learning_rate=1e-2, warmup_steps=5, total_steps=40,
                       batch_size=16, log_every=10)
     log = tmp_path / "metrics.jsonl"
+    seen = []
+
+    def eval_fn(model):
+        seen.append(model.config.vocab_size)
+        return {"score": 1.5}
+
     result = train(init_decoder(CONFIG, 0), toy_data(), sft_loss, cfg,
-                   log_path=str(log), progress=False)
-    losses = [h["loss"] for h in result.history]
+                   log_path=str(log), progress=False, eval_fn=eval_fn,
+                   eval_every=20)
+    assert seen == [32, 32]
+    evals = [h for h in result.history if "eval/score" in h]
+    assert [h["step"] for h in evals] == [20, 40]
+    losses = [h["loss"] for h in result.history if "loss" in h]
     assert result.step == 40 and len(losses) == 4
     assert losses[-1] < 0.75 * losses[0]
-    records = [json.loads(line) for line in log.read_text().splitlines()]
+    records = [json.loads(line) for line in log.read_text().splitlines()
+               if "eval/score" not in line]
     assert [r["step"] for r in records] == [10, 20, 30, 40]
     assert {"loss", "lr", "grad_norm", "token_accuracy"} <= set(records[0])
 

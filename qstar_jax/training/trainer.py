@@ -164,7 +164,9 @@ def restore_checkpoint(manager: ocp.CheckpointManager, step: int, params,
 def train(model: nnx.Module, data: Mapping[str, np.ndarray], loss_fn: LossFn,
           config: TrainConfig, *, checkpoint_dir: str | None = None,
           resume: bool = False, log_path: str | None = None,
-          progress: bool = True, stop_at: int | None = None) -> TrainResult:
+          progress: bool = True, stop_at: int | None = None,
+          eval_fn: Callable[[nnx.Module], dict] | None = None,
+          eval_every: int = 0) -> TrainResult:
     """Trains the model's `nnx.Param`s on `data` with `loss_fn`.
 
     Args:
@@ -179,6 +181,10 @@ def train(model: nnx.Module, data: Mapping[str, np.ndarray], loss_fn: LossFn,
       progress: show a tqdm progress bar.
       stop_at: stop after this many total updates, as an interruption would
         (checkpoints are only the regular ones); None runs to the end.
+      eval_fn: called as `eval_fn(model)` every `eval_every` steps and at the
+        end with the current parameters; its dict of floats is logged as a
+        record {'step', 'eval/<name>': value}. It must not change the model.
+      eval_every: steps between evaluations (0: only at the end).
 
     Returns:
       A `TrainResult`.
@@ -241,6 +247,15 @@ def train(model: nnx.Module, data: Mapping[str, np.ndarray], loss_fn: LossFn,
                 pending, last_time = [], now
                 history.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
+                if log_file:
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+            if eval_fn is not None and (
+                    (eval_every and step % eval_every == 0) or step == end):
+                scores = eval_fn(nnx.merge(graphdef, params, rest))
+                record = {"step": step, **{f"eval/{k}": float(v)
+                                           for k, v in scores.items()}}
+                history.append(record)
                 if log_file:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
