@@ -34,11 +34,8 @@ from typing import Sequence
 
 from qstar_jax.tasks.base import Problem
 
-try:  # Shared grading and calculator, when present.
-    from qstar_jax.tasks import calculator as _calculator
-    from qstar_jax.tasks import grading as _grading
-except ImportError:  # pragma: no cover - exercised only without them.
-    _calculator = _grading = None
+from qstar_jax.tasks import grading
+from qstar_jax.tasks.claims import check_step as calculator_check
 
 OPERATIONS = ("+", "-", "*")
 NAMES = ("Mia", "Leo", "Sam", "Ava", "Ben", "Zoe", "Max", "Ivy", "Tom", "Eva",
@@ -96,14 +93,14 @@ class ArithChainConfig:
     """
 
     num_steps_min: int = 2
-    num_steps_max: int = 4
+    num_steps_max: int = 6
     start_min: int = 10
     start_max: int = 99
     operand_min: int = 2
-    operand_max: int = 30
-    mul_max: int = 4
+    operand_max: int = 99
+    mul_max: int = 9
     operations: tuple[str, ...] = OPERATIONS
-    num_distractors: int = 1
+    num_distractors: int = 2
     answer_min: int = 0
     answer_max: int = 999
     test_percent: int = 10
@@ -311,27 +308,16 @@ class ArithChain:
 
     def extract_answer(self, solution: str) -> str | None:
         """The text after the last '####', or None."""
-        if _grading is not None:
-            return _grading.extract_answer(solution, mode="hash")
-        lines = [s for s in _lines(solution) if _ANSWER_LINE.match(s)]
-        return lines[-1].split("####", 1)[1].strip() if lines else None
+        return grading.extract_answer(solution, mode="hash")
 
     def reward(self, problem: Problem, solution: str) -> float:
         """1.0 when the '####' answer equals the gold answer, else 0.0."""
-        if _grading is not None:
-            return _grading.grade(solution, problem.answer, mode="hash").reward
-        return float(self.extract_answer(solution) == problem.answer)
+        return grading.grade(solution, problem.answer, mode="hash").reward
 
     def check_step(self, step: str) -> bool | None:
         """The calculator's verdict on the step's claims (None: no claim)."""
-        if _calculator is not None:
-            check = _calculator.check_step(step)
-            return None if check.n_checked == 0 else check.ok
-        match = _STEP.fullmatch(step)
-        if match is None:
-            return None
-        a, op, b, c = match.groups()
-        return _apply(op, int(a), int(b)) == int(c)
+        check = calculator_check(step)
+        return None if check.n_checked == 0 else check.ok
 
     def program(self, problem: Problem) -> Program:
         """The structured program behind a problem (regenerated from its uid
