@@ -21,7 +21,16 @@ and operands, names excluded) falls in that split's share of the hash space
 (`test_percent` of 100 buckets go to 'test'). The same program therefore can
 never appear in both splits, with whatever names and sentences, so neither can
 a problem text. Every value, intermediate ones included, lies in
-`[answer_min, answer_max]` (default 0..999).
+`[answer_min, answer_max]` (default 0..999); the most frequent answer of the
+default task is about 0.8% of problems, so guessing one number is right
+< 1% of the time.
+
+Default difficulty (calibrated on the tiny policy of
+`qstar_jax.tasks.tiny_policy`, trained on 2..6 steps): 6 operations on a
+start in 10..99, +/- operands in 2..99, multipliers in 2..9, two distractor
+sentences. Its greedy decoding solves about 58% of held-out problems with
+every step correct (about 87% of 2-step and 70% of 5-step problems): wrong
+steps are left for search to repair, mostly a misread direction of "gives".
 """
 
 from __future__ import annotations
@@ -92,7 +101,7 @@ class ArithChainConfig:
       num_test: problems in the 'test' split.
     """
 
-    num_steps_min: int = 2
+    num_steps_min: int = 6
     num_steps_max: int = 6
     start_min: int = 10
     start_max: int = 99
