@@ -33,6 +33,7 @@ from qstar_jax.models.config import DecoderConfig
 from qstar_jax.models.decoder import Decoder, init_decoder
 from qstar_jax.sampling.decode import StopRule
 from qstar_jax.sampling.logits import GREEDY
+from qstar_jax.sampling import states
 from qstar_jax.sampling.proposer import rollout
 from qstar_jax.tasks.arith_tokenizer import ArithTokenizer
 from qstar_jax.tasks.arithchain import ArithChain, ArithChainConfig
@@ -45,9 +46,7 @@ PARAMS_FILE = "params.safetensors"
 
 def stop_rule(tokenizer: ArithTokenizer) -> StopRule:
     """Newline ends a step, eos ends the solution, '####' marks the answer."""
-    return StopRule(delimiter=jnp.asarray(tokenizer.newline_mask()),
-                    end=jnp.asarray(tokenizer.eos_mask()),
-                    final=jnp.asarray(tokenizer.answer_marker_mask()))
+    return states.stop_rule(tokenizer, delimiter="\n", final_marker="####")
 
 
 def save_params(model: Decoder, path: str, dtype=np.float16) -> None:
