@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from qstar_jax.models.config import tiny
-from qstar_jax.models.critic import Critic, last_token_scores, scores_at
+from qstar_jax.models.critic import (Critic, last_token_scores, score_branches,
+                                     scores_at)
 from qstar_jax.models.decoder import init_decoder
 from qstar_jax.sampling.states import pad_states
 
@@ -35,6 +36,36 @@ def test_one_pass_equals_one_pass_per_prefix():
             alone = float(last_token_scores(critic, prefix, plen)[0])
             np.testing.assert_allclose(one_pass[i, j], alone, rtol=1e-5,
                                        atol=1e-6)
+
+
+def test_branches_equal_full_sequences():
+    """score_branches == last-token score of prefix + branch, computed alone,
+    for whole-state prefixes, per-branch prefixes and empty branches."""
+    critic = Critic(tiny(vocab_size=40, num_layers=2), rngs=nnx.Rngs(0))
+    _random_head(critic, 2)
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(3, 40, n).tolist() for n in (12, 5)]
+    tokens, lengths = pad_states(rows, width=12)
+    m, t = 5, 4
+    branch_len = rng.integers(0, t + 1, (2, m)).astype(np.int32)
+    branch_len[0, 0] = 0
+    branches = rng.integers(3, 40, (2, m, t)).astype(np.int32)
+    prefix_len = np.stack([rng.integers(1, n + 1, m) for n in (12, 5)])
+    for per_branch in (False, True):
+        plen = prefix_len if per_branch else np.asarray(lengths)[:, None] \
+            .repeat(m, 1)
+        got = np.asarray(score_branches(
+            critic, tokens, lengths, jnp.asarray(branches),
+            jnp.asarray(branch_len),
+            jnp.asarray(plen, jnp.int32) if per_branch else None))
+        for i, row in enumerate(rows):
+            for j in range(m):
+                seq = row[:plen[i, j]] + branches[i, j, :branch_len[i, j]] \
+                    .tolist()
+                alone, alen = pad_states([seq], width=len(seq))
+                want = float(last_token_scores(critic, alone, alen)[0])
+                np.testing.assert_allclose(got[i, j], want, rtol=1e-4,
+                                           atol=1e-5)
 
 
 def test_frozen_backbone_trains_only_the_head():

@@ -171,3 +171,62 @@ def forked_attend(prefix: PrefixCache, suffix: SuffixCache,
         return out.reshape(b * m, 1, h, hd)
 
     return attend
+
+
+def branch_attend(prefix: PrefixCache, branch_prefix_lengths: jax.Array,
+                  num_branches: int) -> AttendFn:
+    """Attention of M multi-token branches per state (scoring in one pass).
+
+    Branch (b, m) holds T new tokens that follow its state's first
+    `branch_prefix_lengths[b, m]` tokens: token t sees those prefix tokens,
+    its own branch tokens [0, t], and nothing else. The prefix cache is read
+    once for all M branches, never copied. Padding at the end of a branch
+    never reaches its real tokens (the mask is causal). With per-branch
+    prefix lengths, one cache of a whole trajectory serves branches after
+    each of its steps.
+
+    Args:
+      prefix: the states' cache (`lengths` unused; see next argument).
+      branch_prefix_lengths: [B, M] int32 prefix tokens each branch follows,
+        in [1, P].
+      num_branches: M.
+
+    Returns:
+      An `AttendFn` taking q [B*M, T, H, hd], k, v [B*M, T, KV, hd].
+    """
+    b, kv_heads, p_slots, hd = prefix.k[0].shape
+    m = num_branches
+    prefix_mask = (jnp.arange(p_slots)[None, None, :]
+                   < branch_prefix_lengths[..., None])           # [B, M, P]
+    scale = 1.0 / jnp.sqrt(jnp.float32(hd))
+
+    def attend(layer: int, q, k, v):
+        t, h = q.shape[1], q.shape[2]
+        g = h // kv_heads
+        q = q.reshape(b, m, t, kv_heads, g, hd)
+        k = k.reshape(b, m, t, kv_heads, hd)
+        v = v.reshape(b, m, t, kv_heads, hd)
+        kp, vp = prefix.k[layer], prefix.v[layer]
+        f32 = jnp.float32
+        s_pre = jnp.einsum("bmtkgd,bkpd->bmkgtp", q, kp,
+                           preferred_element_type=f32) * scale
+        s_pre = jnp.where(prefix_mask[:, :, None, None, None], s_pre,
+                          _NEG_INF)
+        s_own = jnp.einsum("bmtkgd,bmskd->bmkgts", q, k,
+                           preferred_element_type=f32) * scale
+        causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
+        s_own = jnp.where(causal, s_own, _NEG_INF)
+        peak = jnp.maximum(s_pre.max(-1, keepdims=True),
+                           s_own.max(-1, keepdims=True))
+        e_pre, e_own = jnp.exp(s_pre - peak), jnp.exp(s_own - peak)
+        denom = e_pre.sum(-1, keepdims=True) + e_own.sum(-1, keepdims=True)
+        dt = vp.dtype
+        out = (jnp.einsum("bmkgtp,bkpd->bmtkgd", e_pre.astype(dt), vp,
+                          preferred_element_type=f32)
+               + jnp.einsum("bmkgts,bmskd->bmtkgd", e_own.astype(dt), v,
+                            preferred_element_type=f32))
+        denom = denom.transpose(0, 1, 4, 2, 3, 5)               # [B,M,T,KV,G,1]
+        out = (out / denom).astype(q.dtype)
+        return out.reshape(b * m, t, h, hd)
+
+    return attend

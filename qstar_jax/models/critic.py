@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from qstar_jax.models.attention import causal_attend
+from qstar_jax.models.attention import (PrefixCache, branch_attend,
+                                        causal_attend)
 from qstar_jax.models.config import DecoderConfig
 from qstar_jax.models.decoder import Decoder
 
@@ -48,6 +49,18 @@ class Critic(nnx.Module):
                                rngs=rngs)
         self.frozen_backbone = frozen_backbone
 
+    def hidden(self, tokens: jax.Array, positions: jax.Array,
+               attend) -> tuple[jax.Array, list]:
+        """Backbone hidden states (gradient-stopped if frozen) and k/v."""
+        hidden, kvs = self.backbone(tokens, positions, attend)
+        if self.frozen_backbone:
+            hidden = jax.lax.stop_gradient(hidden)
+        return hidden, kvs
+
+    def score(self, hidden: jax.Array) -> jax.Array:
+        """Head: [..., D] hidden states -> [...] float32 scores."""
+        return self.head(hidden.astype(jnp.float32))[..., 0]
+
     def __call__(self, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
         """Scores after every token.
 
@@ -60,10 +73,8 @@ class Critic(nnx.Module):
         """
         n, l = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (n, l))
-        hidden, _ = self.backbone(tokens, positions, causal_attend(lengths))
-        if self.frozen_backbone:
-            hidden = jax.lax.stop_gradient(hidden)
-        return self.head(hidden.astype(jnp.float32))[..., 0]
+        hidden, _ = self.hidden(tokens, positions, causal_attend(lengths))
+        return self.score(hidden)
 
 
 def scores_at(critic: Critic, tokens: jax.Array, lengths: jax.Array,
@@ -89,3 +100,52 @@ def last_token_scores(critic: Critic, tokens: jax.Array,
                       lengths: jax.Array) -> jax.Array:
     """[N] score after each row's last real token (V(s), Q(s, a), ORM)."""
     return scores_at(critic, tokens, lengths, (lengths - 1)[:, None])[:, 0]
+
+
+def score_branches(critic: Critic, tokens: jax.Array, lengths: jax.Array,
+                   branch_tokens: jax.Array, branch_lengths: jax.Array,
+                   branch_prefix_lengths: jax.Array | None = None
+                   ) -> jax.Array:
+    """Scores after M short branches that follow each state, in one pass.
+
+    The states are encoded once (a causal pass over [B, P]) and the M
+    branches of every state then run together on top of that cache
+    (`branch_attend`), so scoring K children of a node costs P + K*T token
+    passes instead of K*(P + T). The score of branch (b, m) is read at its
+    last token; a branch of length 0 gets the score at its prefix's last
+    token. Equal, up to float rounding, to `last_token_scores` on the
+    concatenated sequences.
+
+    Args:
+      critic: the critic.
+      tokens: [B, P] int32 right-padded states.
+      lengths: [B] real tokens of each state.
+      branch_tokens: [B, M, T] int32 the branches, right-padded.
+      branch_lengths: [B, M] real tokens of each branch (0..T).
+      branch_prefix_lengths: [B, M] state tokens each branch follows (default
+        the whole state, `lengths`); with a whole trajectory as the state,
+        branches after each of its steps share one encoding.
+
+    Returns:
+      [B, M] float32.
+    """
+    b, p = tokens.shape
+    _, m, t = branch_tokens.shape
+    if branch_prefix_lengths is None:
+        branch_prefix_lengths = jnp.broadcast_to(lengths[:, None], (b, m))
+    positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
+    state_hidden, kvs = critic.hidden(tokens, positions,
+                                      causal_attend(lengths))
+    prefix = PrefixCache.from_layer_kvs(kvs, lengths)
+    branch_pos = (branch_prefix_lengths[..., None]
+                  + jnp.arange(t, dtype=jnp.int32)).reshape(b * m, t)
+    hidden, _ = critic.hidden(
+        branch_tokens.reshape(b * m, t), branch_pos,
+        branch_attend(prefix, branch_prefix_lengths, m))
+    last = jnp.maximum(branch_lengths - 1, 0).reshape(b * m)
+    branch_scores = critic.score(hidden[jnp.arange(b * m), last])
+    prefix_last = jnp.take_along_axis(
+        state_hidden, (branch_prefix_lengths - 1)[..., None], axis=1)
+    prefix_scores = critic.score(prefix_last)                     # [B, M]
+    return jnp.where(branch_lengths > 0, branch_scores.reshape(b, m),
+                     prefix_scores)

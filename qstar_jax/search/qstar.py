@@ -3,7 +3,8 @@
 The language-model side of `astar_search`: expanding a node rebuilds its
 token state from the tree, asks the policy for its K most likely distinct
 next steps (`propose_steps`, one prefill per state and M samples from the
-shared cache), and scores every child in one critic pass each:
+shared cache), and scores the K children with each critic in one pass that
+encodes the state once and its K steps on top of it (`score_branches`):
 
 * reward r(child) = PRM score at the last token of the child's step,
 * q_value = Q(parent, a) = QVM score at the last token of the step,
@@ -27,11 +28,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from qstar_jax.models.critic import Critic, last_token_scores
+from qstar_jax.models.critic import Critic, score_branches
 from qstar_jax.models.decoder import Decoder
 from qstar_jax.sampling.decode import StopRule
 from qstar_jax.sampling.proposer import ProposerConfig, propose_steps
-from qstar_jax.sampling.states import append_tokens
 from qstar_jax.search.astar import AStarConfig, SearchResult, astar_search
 from qstar_jax.search.interfaces import Expansion, Lookahead
 from qstar_jax.search.tree import Tree, init_tree, state_tokens
@@ -67,29 +67,10 @@ class QStarConfig:
     state_width: int
 
 
-def _children(states, proposals):
-    """Child states [B, K, P + T] = state + step."""
-    tokens, lengths = states
-    b, k, _ = proposals.tokens.shape
-    p = tokens.shape[-1]
-    return append_tokens(jnp.broadcast_to(tokens[:, None], (b, k, p)),
-                         jnp.broadcast_to(lengths[:, None], (b, k)),
-                         proposals.tokens, proposals.lengths)
-
-
-def _score(critic: Critic, tokens: jax.Array, lengths: jax.Array):
-    """Last-token scores of [B, K, L] sequences, one pass."""
-    b, k, l = tokens.shape
-    return last_token_scores(critic, tokens.reshape(b * k, l),
-                             lengths.reshape(b * k)).reshape(b, k)
-
-
-def _propose(models: QStarModels, stop: StopRule, config: QStarConfig,
-             tokens, lengths, keys):
-    proposals = propose_steps(models.policy, tokens, lengths, keys, stop,
-                              config=config.proposer)
-    child_tokens, child_lengths = _children((tokens, lengths), proposals)
-    return proposals, child_tokens, child_lengths
+def _score(critic: Critic, tokens, lengths, proposals) -> jax.Array:
+    """[B, K] critic scores at the end of each proposed step."""
+    return score_branches(critic, tokens, lengths, proposals.tokens,
+                          proposals.lengths)
 
 
 def expand_states(models: QStarModels, stop: StopRule, config: QStarConfig,
@@ -106,15 +87,16 @@ def expand_states(models: QStarModels, stop: StopRule, config: QStarConfig,
       ends the solution, was cut at the step-token limit, or leaves no room
       for another step within `config.state_width`.
     """
-    proposals, child, child_len = _propose(models, stop, config, tokens,
-                                           lengths, keys)
+    proposals = propose_steps(models.policy, tokens, lengths, keys, stop,
+                              config=config.proposer)
+    child_len = lengths[:, None] + proposals.lengths
     room = child_len + config.proposer.max_step_tokens <= config.state_width
     return Expansion(
         step_tokens=proposals.tokens, step_lengths=proposals.lengths,
         log_probs=proposals.log_probs, valid=proposals.valid,
         terminal=proposals.finished | proposals.truncated | ~room,
-        reward=_score(models.prm, child, child_len),
-        q_value=_score(models.qvm, child, child_len),
+        reward=_score(models.prm, tokens, lengths, proposals),
+        q_value=_score(models.qvm, tokens, lengths, proposals),
         generated_tokens=proposals.generated_tokens)
 
 
@@ -149,10 +131,15 @@ def lookahead_values(models: QStarModels, stop: StopRule,
     rows = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), tree)
     state = state_tokens(rows, jnp.maximum(child.reshape(b * k), 0),
                          config.state_width)
-    edge = last_token_scores(models.qvm, state.tokens, state.lengths)
-    proposals, grand, grand_len = _propose(
-        models, stop, config, state.tokens, state.lengths, keys.reshape(-1))
-    q = _score(models.qvm, grand, grand_len)                  # [B*K, K]
+    proposals = propose_steps(models.policy, state.tokens, state.lengths,
+                              keys.reshape(-1), stop, config=config.proposer)
+    # One QVM pass: the K grandchildren's steps plus an empty branch, whose
+    # score is the child's own last-token score (its edge value).
+    steps = jnp.pad(proposals.tokens, ((0, 0), (0, 1), (0, 0)))
+    step_len = jnp.pad(proposals.lengths, ((0, 0), (0, 1)))
+    scores = score_branches(models.qvm, state.tokens, state.lengths, steps,
+                            step_len)                         # [B*K, K+1]
+    q, edge = scores[:, :-1], scores[:, -1]
     best = jnp.max(jnp.where(proposals.valid, q, -jnp.inf), axis=1)
     terminal = jnp.take_along_axis(tree.terminal, jnp.maximum(child, 0), 1)
     value = jnp.where(terminal.reshape(-1) | ~jnp.isfinite(best), edge, best)
