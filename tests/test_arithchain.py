@@ -175,3 +175,37 @@ def test_tokenizer_rejects_unknown_characters():
             tok.encode(bad)
     with pytest.raises(ValueError):
         tok.decode([tok.vocab_size])
+
+
+def test_continue_written_trusts_the_written_values():
+    program = Program(start=34, ops=("+", "-", "*"), operands=(12, 5, 2))
+    p = dataclasses.replace(make_problem(CONFIG, "train", 0),
+                            program=program, solution_steps=program.steps(),
+                            answer="82")
+    gold = list(program.steps())
+    for k in range(len(gold)):  # Correct prefixes: the gold remainder.
+        rest = TASK.continue_written(p, gold[:k])
+        assert rest == gold[k:]
+        assert TASK.reward(p, "\n".join(gold[:k] + rest)) == 1.0
+    assert TASK.continue_written(p, "34 + 12 = 46\n") == gold[1:]
+    # A wrong middle value carries through: consistent but wrong.
+    written = ["34 + 12 = 46", "46 - 5 = 40"]
+    rest = TASK.continue_written(p, written)
+    assert rest == ["40 * 2 = 80", "#### 80"]
+    assert TASK.reward(p, "\n".join(written + rest)) == 0.0
+    assert TASK.step_correctness(p, written + rest) == [True, False, False,
+                                                        False]
+    assert TASK.complete(p, written) == gold[2:]  # `complete` repairs.
+    # More computations than operations: only the answer line is left.
+    assert TASK.continue_written(p, gold[:3] + ["82 + 1 = 83"]) == ["#### 83"]
+    # Nothing to continue from, or nothing left to add.
+    assert TASK.continue_written(p, ["34 + 12 = 46 pens"]) == []
+    assert TASK.continue_written(p, ["34 + 12 = 46", "I think"]) == []
+    assert TASK.continue_written(p, ["#### 82"]) == []
+    assert TASK.continue_written(p, gold) == []
+
+
+def test_continue_written_plain_problem_by_uid():
+    p = TASK.problems("train")[11]
+    plain = Problem(uid=p.uid, question=p.question, answer=p.answer)
+    assert TASK.continue_written(plain, []) == list(p.solution_steps)

@@ -361,6 +361,45 @@ class ArithChain:
         gold = self.program(problem).steps()
         return list(gold[len(written):])
 
+    def continue_written(self, problem: Problem,
+                         steps_so_far: str | Sequence[str]) -> list[str]:
+        """The stronger policy that trusts what is written.
+
+        With k non-empty steps written, it takes the result c of the last
+        written step (a line `a op b = c`; with k = 0 the program's start
+        value), applies the program's operations k+1..S to it with their
+        correct operands, and writes the answer line. Unlike `complete`,
+        nothing is repaired: a wrong earlier result carries into a
+        consistent but wrong final answer. With k >= S only the answer line
+        `#### c` is left to write.
+
+        Args:
+          problem: an ArithChain problem.
+          steps_so_far: the solution text so far, or its steps.
+
+        Returns:
+          The remaining steps, one string per line, the answer line last;
+          empty when a '####' line was already written or the last written
+          step is not one computation `a op b = c` (no completion possible).
+        """
+        written = _lines(steps_so_far)
+        if any(_ANSWER_LINE.match(s) for s in written):
+            return []
+        program = self.program(problem)
+        if written:
+            match = _STEP.fullmatch(written[-1])
+            if match is None:
+                return []
+            value = int(match.group(4))
+        else:
+            value = program.start
+        out = []
+        for op, q in list(zip(program.ops, program.operands))[len(written):]:
+            new = _apply(op, value, q)
+            out.append(f"{value} {op} {q} = {new}")
+            value = new
+        return out + [f"#### {value}"]
+
     def step_correctness(self, problem: Problem,
                          solution: str | Sequence[str]) -> list[bool]:
         """Per-step correctness of a written solution against the program.
