@@ -1,5 +1,11 @@
-"""Learning: Q-value and PRM labels, critic metrics, human step labels."""
+"""Learning: rollout datasets, Q-value and PRM labels, critic training and
+metrics, human step labels."""
 
+from qstar_jax.learning.critic_training import (FqiConfig, critic_arrays,
+                                                critic_loss,
+                                                fitted_q_iteration,
+                                                next_q_values, step_scores,
+                                                transition_arrays)
 from qstar_jax.learning.labels import (FqiTargets, best_of_pool, fqi_targets,
                                        fqi_targets_numpy,
                                        monte_carlo_prm_labels)
@@ -9,8 +15,16 @@ from qstar_jax.learning.metrics import (binary_metrics,
 from qstar_jax.learning.prm800k import (Prm800kExample, Prm800kFormatError,
                                         iter_prm800k, read_prm800k,
                                         step_labels)
+from qstar_jax.learning.rollouts import (RolloutConfig, RolloutDataset,
+                                         RolloutStoreError, collect_rollouts,
+                                         completion_returns, load_rollouts,
+                                         save_rollouts,
+                                         stronger_solver_returns, transitions)
 
 __all__ = [
+    # critic_training
+    "FqiConfig", "critic_arrays", "critic_loss", "fitted_q_iteration",
+    "next_q_values", "step_scores", "transition_arrays",
     # labels
     "FqiTargets", "best_of_pool", "fqi_targets", "fqi_targets_numpy",
     "monte_carlo_prm_labels",
@@ -20,4 +34,8 @@ __all__ = [
     # prm800k
     "Prm800kExample", "Prm800kFormatError", "iter_prm800k", "read_prm800k",
     "step_labels",
+    # rollouts
+    "RolloutConfig", "RolloutDataset", "RolloutStoreError",
+    "collect_rollouts", "completion_returns", "load_rollouts",
+    "save_rollouts", "stronger_solver_returns", "transitions",
 ]
