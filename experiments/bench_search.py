@@ -21,8 +21,14 @@ search with 4x the budget and slots (a JAX iteration scans all N slots, a
 heap pop costs log N: the ratio falls as N grows). Every JAX result is
 checked against the reference (same pop order and trajectories).
 
-Part (b), the language-model end-to-end comparison, is a second section of
-`main()` (see there).
+Part (b), end to end with the language model (`bench_search_lm.py`): Q*
+with the tiny ArithChain policy and two policy-sized critics, problems
+searched per second by the batched jitted search at B = 64 against the same
+search run one problem at a time by a host Python loop that calls the same
+jitted models per node; the agreement of the two on every problem (each
+disagreement located and classified); and the compute floor of one
+expansion on this machine (FLOPs / peak matmul rate), which bounds the
+speedup any batching can give here.
 
 Usage:
   python experiments/bench_search.py --out experiments/results/bench_search.json
@@ -46,6 +52,8 @@ import numpy as np
 from qstar_jax.search.astar import STATUS_NAMES, AStarConfig, astar_search
 from qstar_jax.search.reference_astar import reference_astar
 from qstar_jax.search.synthetic import SyntheticEnv
+
+from bench_search_lm import lm_end_to_end
 
 
 def machine_info() -> dict:
@@ -161,6 +169,12 @@ def main():
     parser.add_argument("--max-expansions", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lm-problems", type=int, default=128,
+                        help="part (b): ArithChain test problems (a "
+                             "multiple of 64; 0 skips part (b))")
+    parser.add_argument("--lm-host-problems", type=int, default=None,
+                        help="part (b): problems the host loop also "
+                             "searches (default all)")
     args = parser.parse_args()
 
     results = {"machine": machine_info(), "argv": sys.argv[1:]}
@@ -211,11 +225,18 @@ def main():
     results["engine_overhead"] = part_a
 
     # ---- Part (b): language-model end-to-end comparison. ------------------
-    # A second section goes here, written the same way:
-    #   results["lm_end_to_end"] = {...}
-    # (the same problems searched with the policy/PRM/QVM expand functions,
-    # against the peers' implementations), before the machine's final load
-    # is recorded below.
+    if args.lm_problems:
+        lm = lm_end_to_end(num_problems=args.lm_problems, batch=64,
+                           host_problems=args.lm_host_problems,
+                           repeats=min(args.repeats, 2), seed=args.seed)
+        results["lm_end_to_end"] = lm
+        print(f"Q* end to end: batched {lm['batched']['problems_per_s']:.2f}"
+              f" problems/s, host loop "
+              f"{lm['host_loop']['problems_per_s']:.2f} problems/s "
+              f"({lm['speedup_problems_per_s']:.2f}x); agreement "
+              f"{lm['agreement']['rate']:.3f}; bound at peak "
+              f"{lm['roofline']['max_speedup_at_peak_full_rows']:.1f}x",
+              flush=True)
 
     load = os.getloadavg()
     results["machine"]["load_average_end"] = list(load)
