@@ -87,3 +87,15 @@ def test_frozen_backbone_trains_only_the_head():
 def test_exactly_one_backbone_source():
     with pytest.raises(ValueError, match="exactly one"):
         Critic(rngs=nnx.Rngs(0))
+
+
+def test_sigmoid_output_squashes_the_same_logits():
+    critic = Critic(tiny(vocab_size=40, num_layers=1), rngs=nnx.Rngs(0))
+    _random_head(critic, 4)
+    tokens, lengths = pad_states([[5, 6, 7, 8], [9, 10]], width=4)
+    logits = np.asarray(critic(tokens, lengths))
+    critic.output = "sigmoid"
+    probs = np.asarray(critic(tokens, lengths))
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), rtol=1e-6)
+    with pytest.raises(ValueError, match="output"):
+        Critic(tiny(vocab_size=40), output="tanh", rngs=nnx.Rngs(0))

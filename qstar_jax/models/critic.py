@@ -27,6 +27,9 @@ from qstar_jax.models.config import DecoderConfig
 from qstar_jax.models.decoder import Decoder
 
 
+OUTPUTS = ("linear", "sigmoid")
+
+
 class Critic(nnx.Module):
     """Scalar scores after every token of right-padded sequences.
 
@@ -38,7 +41,8 @@ class Critic(nnx.Module):
 
     def __init__(self, config: DecoderConfig | None = None, *,
                  backbone: Decoder | None = None,
-                 frozen_backbone: bool = False, rngs: nnx.Rngs):
+                 frozen_backbone: bool = False, output: str = "linear",
+                 rngs: nnx.Rngs):
         if (config is None) == (backbone is None):
             raise ValueError("give exactly one of config (a new backbone) "
                              "or backbone (an existing decoder)")
@@ -48,6 +52,9 @@ class Critic(nnx.Module):
         self.head = nnx.Linear(width, 1, kernel_init=nnx.initializers.zeros,
                                rngs=rngs)
         self.frozen_backbone = frozen_backbone
+        self.output = output
+        if output not in OUTPUTS:
+            raise ValueError(f"output {output!r} not in {OUTPUTS}")
 
     def hidden(self, tokens: jax.Array, positions: jax.Array,
                attend) -> tuple[jax.Array, list]:
@@ -58,8 +65,14 @@ class Critic(nnx.Module):
         return hidden, kvs
 
     def score(self, hidden: jax.Array) -> jax.Array:
-        """Head: [..., D] hidden states -> [...] float32 scores."""
-        return self.head(hidden.astype(jnp.float32))[..., 0]
+        """Head: [..., D] hidden states -> [...] float32 scores.
+
+        With `output='sigmoid'` the head's logit goes through a sigmoid (a
+        PRM trained with BCE on logits, then searched with probabilities:
+        set `critic.output = 'sigmoid'` after training).
+        """
+        score = self.head(hidden.astype(jnp.float32))[..., 0]
+        return jax.nn.sigmoid(score) if self.output == "sigmoid" else score
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
         """Scores after every token.

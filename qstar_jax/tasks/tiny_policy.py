@@ -49,7 +49,7 @@ def stop_rule(tokenizer: ArithTokenizer) -> StopRule:
     return states.stop_rule(tokenizer, delimiter="\n", final_marker="####")
 
 
-def save_params(model: Decoder, path: str, dtype=np.float16) -> None:
+def save_params(model: nnx.Module, path: str, dtype=np.float16) -> None:
     """Writes the model's parameters as safetensors with '/'-joined names."""
     from safetensors.numpy import save_file
     flat = {}
@@ -66,16 +66,15 @@ def save_params(model: Decoder, path: str, dtype=np.float16) -> None:
     save_file(flat, path)
 
 
-def load_params(config: DecoderConfig, path: str) -> Decoder:
-    """Builds a decoder from a `save_params` file (float32 parameters).
+def load_params_into(module: nnx.Module, path: str) -> nnx.Module:
+    """Fills any module's parameters from a `save_params` file (float32).
 
     Raises:
       ValueError: a tensor is missing, unexpected or mis-shaped.
     """
     from safetensors.numpy import load_file
     flat = load_file(path)
-    model = init_decoder(config, 0)
-    state = nnx.state(model, nnx.Param)
+    state = nnx.state(module, nnx.Param)
     pure = nnx.to_pure_dict(state)
     seen = set()
 
@@ -97,8 +96,13 @@ def load_params(config: DecoderConfig, path: str) -> Decoder:
         raise ValueError(f"{path}: unexpected tensors "
                          f"{sorted(set(flat) - seen)[:5]}")
     nnx.replace_by_pure_dict(state, pure)
-    nnx.update(model, state)
-    return model
+    nnx.update(module, state)
+    return module
+
+
+def load_params(config: DecoderConfig, path: str) -> Decoder:
+    """Builds a decoder from a `save_params` file (float32 parameters)."""
+    return load_params_into(init_decoder(config, 0), path)
 
 
 def load_tiny_policy(

@@ -1,0 +1,189 @@
+"""Held-out ArithChain comparison: greedy, best-of-N and Q* with trained critics.
+
+Reads the critics of `train_critics.py` (--run-dir) and searches the first
+--problems test problems (none of them seen in training, none used for the
+critics' held-out metrics) with
+
+  * greedy step decoding of the policy;
+  * best-of-N: N solutions sampled once (temperature 0.9) and reranked by
+    the PRM (min over steps), by each QVM (Q of the last step), and by
+    majority vote over their answers;
+  * Q*: A* with g = min of PRM step scores (probabilities), h = each QVM,
+    f = g + lambda * h, top-K steps per expansion.
+
+Every row reports answer accuracy and generated tokens per problem (every
+sampled token counts, discarded samples included). Writes JSON (--out) and
+prints a Markdown table.
+
+Usage:
+  python experiments/eval_search.py --run-dir runs/critics \
+      --out experiments/results/eval_search.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from qstar_jax.sampling.logits import SamplingConfig
+from qstar_jax.sampling.proposer import ProposerConfig
+from qstar_jax.search.astar import AStarConfig
+from qstar_jax.search.baselines import (majority_vote, sample_solutions,
+                                        solution_scores)
+from qstar_jax.search.qstar import QStarConfig, QStarModels, qstar_search
+from qstar_jax.search.tree import trajectory_steps
+from qstar_jax.tasks.arithchain import ArithChain
+from qstar_jax.tasks.tiny_policy import (encode_prompts, greedy_solutions,
+                                         load_tiny_policy, stop_rule)
+
+from train_critics import load_critic
+
+QVMS = ("qvm_fqi", "qvm_pool", "qvm_stronger")
+
+
+def _keys(seed: int, stream: int, n: int) -> jax.Array:
+    base = jax.random.fold_in(jax.random.key(seed), stream)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n))
+
+
+def best_of_n_rows(policy, critics, tokenizer, task, problems, tokens,
+                   lengths, stop, args) -> dict:
+    """Best-of-N rows (PRM, each QVM, majority vote) from one sample set."""
+    sample = jax.jit(lambda t, l, k: sample_solutions(
+        policy, t, l, k, stop, num_samples=args.n, max_tokens=80,
+        sampling=SamplingConfig(temperature=0.9)))
+    score = jax.jit(solution_scores, static_argnames=("kind", "aggregation"))
+    keys = _keys(args.seed, 1, len(problems))
+    picks = {name: [] for name in critics}
+    votes, spent = [], 0
+    b = args.batch
+    for s in tqdm(range(0, len(problems), b), desc="best-of-N"):
+        sols = sample(tokens[s:s + b], lengths[s:s + b], keys[s:s + b])
+        spent += int(jnp.sum(sols.continuations.lengths))
+        cont = np.asarray(sols.continuations.tokens)
+        cont_len = np.asarray(sols.continuations.lengths)
+        texts = [[tokenizer.decode(cont[i, j, :cont_len[i, j]])
+                  for j in range(args.n)] for i in range(len(cont))]
+        for name, critic in critics.items():
+            kind = "prm" if name == "prm" else "qvm"
+            sc = np.asarray(score(critic, sols, kind=kind,
+                                  aggregation="min"))
+            sc = np.where(np.isnan(sc), -np.inf, sc)
+            picks[name] += [texts[i][int(np.argmax(sc[i]))]
+                            for i in range(len(texts))]
+        for i, row in enumerate(texts):
+            answers = [task.extract_answer(t) for t in row]
+            winner = majority_vote(answers)
+            votes.append(next((t for t, a in zip(row, answers)
+                               if a == winner), row[0]))
+    tokens_per_problem = spent / len(problems)
+    rows = {}
+    for name, texts in list(picks.items()) + [("majority_vote", votes)]:
+        acc = np.mean([task.reward(p, t) == 1.0
+                       for p, t in zip(problems, texts)])
+        label = (f"best-of-{args.n} (majority vote)" if name ==
+                 "majority_vote" else f"best-of-{args.n} ({name})")
+        rows[label] = {"accuracy": float(acc),
+                       "tokens_per_problem": tokens_per_problem}
+    return rows
+
+
+def qstar_row(policy, prm, qvm, tokenizer, task, problems, tokens, lengths,
+              stop, args) -> dict:
+    """Q* with the PRM for g and one QVM for h."""
+    config = QStarConfig(
+        search=AStarConfig(num_nodes=args.num_nodes,
+                           max_expansions=args.max_expansions,
+                           num_trajectories=1, lam=args.lam,
+                           aggregation="min", heuristic="edge"),
+        proposer=ProposerConfig(num_steps=args.k, num_samples=args.m,
+                                max_step_tokens=12,
+                                sampling=SamplingConfig(temperature=1.0)),
+        state_width=160)
+    models = QStarModels(policy=policy, prm=prm, qvm=qvm)
+    search = jax.jit(qstar_search, static_argnames="config")
+    keys = _keys(args.seed, 2, len(problems))
+    correct, spent, expansions, found = 0, 0, 0, 0
+    b = args.batch
+    t0 = time.perf_counter()
+    for s in tqdm(range(0, len(problems), b), desc="Q*"):
+        out = search(models, tokens[s:s + b], lengths[s:s + b],
+                     keys[s:s + b], stop, config=config)
+        out = jax.device_get(out)
+        spent += int(out.stats.generated_tokens.sum())
+        expansions += int(out.stats.expansions.sum())
+        for i in range(len(out.best)):
+            best = int(out.best[i])
+            if best < 0:
+                continue
+            found += 1
+            text = tokenizer.decode(sum(trajectory_steps(out.tree, i, best),
+                                        []))
+            correct += task.reward(problems[s + i], text) == 1.0
+    n = len(problems)
+    return {"accuracy": correct / n, "tokens_per_problem": spent / n,
+            "expansions_per_problem": expansions / n,
+            "found_a_solution": found / n,
+            "seconds": time.perf_counter() - t0}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--problems", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--n", type=int, default=8, help="best-of-N samples")
+    parser.add_argument("--k", type=int, default=4, help="Q* top-K steps")
+    parser.add_argument("--m", type=int, default=8,
+                        help="Q* samples per expansion")
+    parser.add_argument("--lam", type=float, default=1.0)
+    parser.add_argument("--num-nodes", type=int, default=64)
+    parser.add_argument("--max-expansions", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--qvms", nargs="*", default=list(QVMS))
+    args = parser.parse_args()
+    if args.problems % args.batch:
+        parser.error("--problems must be a multiple of --batch")
+    policy, tokenizer, task_config = load_tiny_policy()
+    task = ArithChain(task_config)
+    problems = list(task.problems("test"))[:args.problems]
+    tokens, lengths = encode_prompts(tokenizer, task, problems, width=96)
+    stop = stop_rule(tokenizer)
+    critics = {name: load_critic(policy, args.run_dir, name)
+               for name in ("prm",) + tuple(args.qvms)}
+
+    rows = {}
+    greedy = greedy_solutions(policy, tokenizer, task, problems)
+    rows["greedy"] = {
+        "accuracy": float(np.mean([task.reward(p, t) == 1.0
+                                   for p, t in zip(problems, greedy)])),
+        "tokens_per_problem": float(np.mean(
+            [len(tokenizer.encode(t)) for t in greedy]))}
+    rows.update(best_of_n_rows(policy, critics, tokenizer, task, problems,
+                               tokens, lengths, stop, args))
+    for name in args.qvms:
+        rows[f"Q* (PRM + {name})"] = qstar_row(
+            policy, critics["prm"], critics[name], tokenizer, task,
+            problems, tokens, lengths, stop, args)
+        print(name, rows[f"Q* (PRM + {name})"], flush=True)
+    result = {"problems": args.problems, "args": vars(args), "rows": rows}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print("| method | accuracy | generated tokens / problem |")
+    print("|---|---|---|")
+    for name, row in rows.items():
+        print(f"| {name} | {100 * row['accuracy']:.1f}% | "
+              f"{row['tokens_per_problem']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

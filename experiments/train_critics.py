@@ -1,0 +1,238 @@
+"""Trains the ArithChain critics: a PRM and a QVM by each of the three methods.
+
+Stages (each saved under --run-dir and skipped when already there, so a
+killed run resumes where it stopped):
+
+  1. rollouts: M solutions per training problem from the frozen tiny policy
+     (temperature 0.9), split into steps and graded, with the policy's top-K
+     candidate steps after every step (for the Bellman targets);
+  2. completions: C policy completions from every intermediate state (the
+     rollout pool: best-of-pool Q labels and Monte Carlo PRM labels), and
+     the stronger solver's completion (`ArithChain.continue_written`);
+  3. training, every critic starting from a copy of the policy's decoder
+     with a zero head:
+       prm          BCE on soft Monte Carlo labels (share of correct
+                    completions from the state after the step);
+       qvm_pool     MSE on best-of-pool labels;
+       qvm_stronger MSE on the stronger solver's returns;
+       qvm_fqi      fitted Q-iteration (MSE on Bellman targets over the
+                    stored candidates, L rounds);
+  4. metrics on held-out rollouts (test problems): the PRM against the gold
+     step labels (accuracy, AUC, ECE, precision, recall); every QVM against
+     the outcome of its rollout (AUC) and against its own kind of label.
+
+Usage:
+  python experiments/train_critics.py --run-dir runs/critics
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+from flax import nnx
+
+from qstar_jax.learning import (FqiConfig, RolloutConfig, best_of_pool,
+                                binary_metrics, collect_rollouts,
+                                completion_returns, critic_arrays,
+                                critic_loss, fitted_q_iteration,
+                                monte_carlo_prm_labels, regression_metrics,
+                                step_scores, stronger_solver_returns,
+                                transition_arrays)
+from qstar_jax.models.critic import Critic
+from qstar_jax.sampling.logits import SamplingConfig
+from qstar_jax.tasks.arithchain import ArithChain
+from qstar_jax.tasks.tiny_policy import (load_params_into, load_tiny_policy,
+                                         save_params)
+from qstar_jax.training.trainer import TrainConfig, train
+
+CRITICS = ("prm", "qvm_pool", "qvm_stronger", "qvm_fqi")
+
+
+def new_critic(policy) -> Critic:
+    """A critic whose backbone starts as a copy of the policy's decoder."""
+    return Critic(backbone=nnx.clone(policy), rngs=nnx.Rngs(0))
+
+
+def critic_path(run_dir: str, name: str) -> str:
+    return os.path.join(run_dir, name, "params.safetensors")
+
+
+def load_critic(policy, run_dir: str, name: str) -> Critic:
+    """A trained critic of this experiment (the PRM with sigmoid output)."""
+    critic = load_params_into(new_critic(policy), critic_path(run_dir, name))
+    if name == "prm":
+        critic.output = "sigmoid"
+    return critic
+
+
+def stage_rollouts(args, policy, tokenizer, task):
+    config = RolloutConfig(
+        num_rollouts=args.rollouts, sampling=SamplingConfig(temperature=0.9),
+        max_tokens=96, prompt_width=96, max_steps=8,
+        num_candidates=args.candidates, candidate_samples=2 * args.candidates,
+        max_step_tokens=12, batch_size=16, state_batch_size=128,
+        seed=args.seed)
+    train_ds = collect_rollouts(
+        policy, tokenizer, task, np.arange(args.train_problems), config,
+        split="train", out_dir=os.path.join(args.run_dir, "rollouts_train"))
+    test_cfg = RolloutConfig(**{**vars(config), "num_candidates": 0})
+    test_ds = collect_rollouts(
+        policy, tokenizer, task,
+        np.arange(args.test_problems) + args.eval_offset, test_cfg,
+        split="test", out_dir=os.path.join(args.run_dir, "rollouts_test"))
+    return train_ds, test_ds
+
+
+def stage_completions(args, policy, tokenizer, task, ds):
+    path = os.path.join(args.run_dir, "completions.npz")
+    if os.path.exists(path):
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    pool, pool_valid = completion_returns(
+        policy, tokenizer, task, ds, num_completions=args.completions,
+        sampling=SamplingConfig(temperature=0.9), max_tokens=64,
+        batch_size=128, seed=args.seed + 1)
+    strong, strong_valid = stronger_solver_returns(task, tokenizer, ds)
+    out = {"pool": pool, "pool_valid": pool_valid, "strong": strong,
+           "strong_valid": strong_valid}
+    np.savez(path + ".tmp.npz", **out)
+    os.replace(path + ".tmp.npz", path)
+    return out
+
+
+def labels(ds, comp) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(targets [R, S], mask [R, S]) of the PRM and the two direct QVMs."""
+    reward, terminal, mask = transition_arrays(ds)
+    own = np.broadcast_to(ds.outcome[:, None], reward.shape)
+    prm, prm_mask = monte_carlo_prm_labels(comp["pool"], comp["pool_valid"],
+                                           kind="soft")
+    prm, prm_mask = np.asarray(prm), np.asarray(prm_mask)
+    # At the last step the label is the rollout's own outcome.
+    prm = np.where(terminal, reward, prm)
+    prm_mask = (prm_mask | terminal) & mask
+    pool = np.asarray(best_of_pool(comp["pool"], comp["pool_valid"], own))
+    pool = np.where(terminal, reward, pool)
+    strong = np.where(terminal | ~comp["strong_valid"],
+                      np.where(terminal, reward, 0.0), comp["strong"])
+    return {"prm": (prm, prm_mask), "qvm_pool": (pool, mask),
+            "qvm_stronger": (strong, mask)}
+
+
+def train_config(args, steps: int) -> TrainConfig:
+    return TrainConfig(learning_rate=args.lr, warmup_steps=min(50, steps // 5),
+                       total_steps=steps, batch_size=args.batch_size,
+                       weight_decay=0.0, checkpoint_every=100,
+                       log_every=25, seed=args.seed)
+
+
+def stage_train(args, name, policy, ds, lab):
+    path = critic_path(args.run_dir, name)
+    critic = new_critic(policy)
+    if os.path.exists(path):
+        return load_params_into(critic, path)
+    ckpt = os.path.join(args.run_dir, name, "checkpoints")
+    if name == "qvm_fqi":
+        reward, terminal, mask = transition_arrays(ds)
+        data = critic_arrays(ds.tokens, ds.lengths, ds.step_ends,
+                             np.zeros(mask.shape), mask)
+        history = fitted_q_iteration(
+            critic, data, ds.cand_tokens, ds.cand_lengths, ds.cand_valid,
+            reward, terminal,
+            FqiConfig(iterations=args.fqi_rounds, gamma=1.0,
+                      train=train_config(args, args.fqi_steps),
+                      score_batch=32), checkpoint_dir=ckpt)
+    else:
+        targets, mask = lab[name]
+        data = critic_arrays(ds.tokens, ds.lengths, ds.step_ends, targets,
+                             mask)
+        kind = "bce" if name == "prm" else "mse"
+        result = train(critic, data, critic_loss(kind),
+                       train_config(args, args.steps), checkpoint_dir=ckpt,
+                       resume=True,
+                       log_path=os.path.join(args.run_dir, name, "log.jsonl"))
+        history = result.history
+    save_params(critic, path, dtype=np.float32)
+    with open(os.path.join(args.run_dir, name, "history.json"), "w") as f:
+        json.dump(history, f, indent=1)
+    return critic
+
+
+def evaluate(critics: dict, ds, test_labels) -> dict:
+    """Held-out metrics of every critic on the test rollouts."""
+    out = {}
+    mask = ds.step_mask()
+    for name, critic in critics.items():
+        scores = step_scores(critic, ds.tokens, ds.lengths, ds.step_ends)
+        if name == "prm":
+            out[name] = {"vs_gold_step_labels": binary_metrics(
+                scores[mask], ds.step_correct[mask].astype(np.float32),
+                scores_are_logits=True)}
+            continue
+        last = ds.num_steps - 1
+        final_q = scores[np.arange(len(scores)), last]
+        first_q = scores[:, 0]
+        out[name] = {
+            "auc_final_step_vs_outcome": binary_metrics(
+                np.clip(final_q, 0, 1), ds.outcome)["auc"],
+            "auc_first_step_vs_outcome": binary_metrics(
+                np.clip(first_q, 0, 1), ds.outcome)["auc"],
+            "auc_steps_vs_gold_step_labels": binary_metrics(
+                np.clip(scores[mask], 0, 1),
+                ds.step_correct[mask].astype(np.float32))["auc"],
+        }
+        if name in test_labels:
+            target, tmask = test_labels[name]
+            out[name]["vs_own_labels"] = regression_metrics(
+                scores[tmask], target[tmask])
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--train-problems", type=int, default=512)
+    parser.add_argument("--test-problems", type=int, default=128,
+                        help="held-out problems for critic metrics (after "
+                             "the search evaluation's problems)")
+    parser.add_argument("--eval-offset", type=int, default=1000)
+    parser.add_argument("--rollouts", type=int, default=4)
+    parser.add_argument("--candidates", type=int, default=4)
+    parser.add_argument("--completions", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--fqi-rounds", type=int, default=7)
+    parser.add_argument("--fqi-steps", type=int, default=120)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", default=list(CRITICS))
+    args = parser.parse_args()
+    os.makedirs(args.run_dir, exist_ok=True)
+    with open(os.path.join(args.run_dir, "args.json"), "w") as f:
+        json.dump(vars(args), f, indent=1)
+    policy, tokenizer, task_config = load_tiny_policy()
+    task = ArithChain(task_config)
+    train_ds, test_ds = stage_rollouts(args, policy, tokenizer, task)
+    comp = stage_completions(args, policy, tokenizer, task, train_ds)
+    lab = labels(train_ds, comp)
+    stats = {"train_rollouts": int(len(train_ds.tokens)),
+             "train_transitions": int(train_ds.step_mask().sum()),
+             "train_outcome_rate": float(train_ds.outcome.mean()),
+             "test_rollouts": int(len(test_ds.tokens)),
+             "test_outcome_rate": float(test_ds.outcome.mean()),
+             "label_means": {k: float(v[0][v[1]].mean())
+                             for k, v in lab.items()}}
+    print(json.dumps(stats, indent=1), flush=True)
+    critics = {name: stage_train(args, name, policy, train_ds, lab)
+               for name in args.only}
+    metrics = evaluate(critics, test_ds, {})
+    with open(os.path.join(args.run_dir, "metrics.json"), "w") as f:
+        json.dump({"data": stats, "critics": metrics}, f, indent=1,
+                  default=float)
+    print(json.dumps(metrics, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
