@@ -169,6 +169,8 @@ def main():
     parser.add_argument("--max-expansions", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parts", choices=("a", "b", "ab"), default="ab",
+                        help="which parts to run")
     parser.add_argument("--lm-problems", type=int, default=128,
                         help="part (b): ArithChain test problems (a "
                              "multiple of 64; 0 skips part (b))")
@@ -210,6 +212,8 @@ def main():
     part_a = {"what": "node expansions per second, synthetic model; "
                       "compile excluded", "settings": {}}
     for name, (env, config) in settings.items():
+        if "a" not in args.parts:
+            break
         row = engine_overhead(env, config, args.num_problems, args.repeats,
                               args.seed)
         row["env"] = dataclasses.asdict(env)
@@ -222,10 +226,11 @@ def main():
                   f"B={row[k]['batch']} {row[k]['expansions_per_s']:.0f} "
                   f"exp/s ({row[k]['speedup_vs_reference']:.1f}x)"
                   for k in row if k.startswith("jax_b")), flush=True)
-    results["engine_overhead"] = part_a
+    if "a" in args.parts:
+        results["engine_overhead"] = part_a
 
     # ---- Part (b): language-model end-to-end comparison. ------------------
-    if args.lm_problems:
+    if "b" in args.parts and args.lm_problems:
         lm = lm_end_to_end(num_problems=args.lm_problems, batch=64,
                            host_problems=args.lm_host_problems,
                            repeats=min(args.repeats, 2), seed=args.seed)
