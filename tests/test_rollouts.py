@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from qstar_jax.learning import rollout_data, rollout_store
 from qstar_jax.learning import rollouts as R
 from qstar_jax.sampling.logits import SamplingConfig
 from qstar_jax.sampling.proposer import propose_steps
@@ -225,11 +226,11 @@ def test_store_errors(policy, collected, tmp_path):
                            progress=False)
     # Out-of-range contents and a chunk of other problems are named too.
     bad = dataclasses.replace(ds, step_ends=ds.step_ends + 1000)
-    R._save_npz(path, dataclasses.replace(
+    rollout_store._save_npz(path, dataclasses.replace(
         bad, **{n: v[4:] for n, v in bad.arrays().items()}))
     with pytest.raises(R.RolloutStoreError, match="chunk_00001.*step_ends"):
         R.load_rollouts(out_dir)
-    R._save_npz(path, rows_of(ds, 5))
+    rollout_store._save_npz(path, rows_of(ds, 5))
     with pytest.raises(R.RolloutStoreError, match="chunk_00001.*problem"):
         R.load_rollouts(out_dir)
     os.remove(path)
@@ -253,7 +254,8 @@ def test_save_load_file_round_trip(collected, tmp_path):
     path = str(tmp_path / "rollouts.npz")
     R.save_rollouts(ds, path)
     assert_same(R.load_rollouts(path), ds)
-    no_cand = dataclasses.replace(ds, **{n: None for n in R._CAND_FIELDS})
+    no_cand = dataclasses.replace(
+        ds, **{n: None for n in rollout_data._CAND_FIELDS})
     R.save_rollouts(no_cand, path)
     loaded = R.load_rollouts(path)
     assert not loaded.has_candidates

@@ -24,32 +24,32 @@ Randomness. Every random draw is keyed by `derive_keys(seed, stream, ...)`, a
 chain of `jax.random.fold_in` over (stream, problem index, sample index,
 step), so results do not depend on batch composition, chunking or resuming.
 
-Storage. With `out_dir`, each batch of problems is one `chunk_{i:05d}.npz`
-(`RolloutDataset.arrays()` of its rollouts, problem-major, plus `split` and
-`version`; written to a temporary file and moved into place with
-`os.replace`), next to a `meta.json` describing the
-call (format version, config, task, split, problem indices, chunk size,
-a fingerprint of the policy and the stop rule). A killed run resumes from
-the chunks already written.
+Storage. With `out_dir`, each batch of problems is one chunk of a store on
+disk (`qstar_jax.learning.rollout_store` describes the format); a killed run
+resumes from the chunks already written. The dataset itself is
+`qstar_jax.learning.rollout_data.RolloutDataset`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import zipfile
-import zlib
 from functools import partial
 from typing import Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from tqdm.auto import tqdm
 
+from qstar_jax.learning.rollout_data import (RolloutDataset, Transitions,
+                                             transitions)
+from qstar_jax.learning.rollout_store import (FORMAT_VERSION, META_FILE,
+                                              RolloutStoreError, _load_chunk,
+                                              _meta, _open_store, _save_npz,
+                                              chunk_path, load_rollouts,
+                                              policy_fingerprint,
+                                              save_rollouts)
 from qstar_jax.models.decoder import Decoder
 from qstar_jax.sampling import states
 from qstar_jax.sampling.decode import StopRule
@@ -57,13 +57,20 @@ from qstar_jax.sampling.logits import SamplingConfig
 from qstar_jax.sampling.proposer import ProposerConfig, propose_steps, rollout
 from qstar_jax.tasks.tiny_policy import encode_prompts
 
-FORMAT_VERSION = 1
+__all__ = [
+    # collection
+    "CANDIDATE_STREAM", "COMPLETION_STREAM", "ROLLOUT_STREAM",
+    "CompletionBatch", "RolloutConfig", "collect_rollouts",
+    "completion_returns", "completion_text", "default_stop_rule",
+    "derive_keys", "iter_completions", "stronger_solver_returns",
+    # rollout_data
+    "RolloutDataset", "Transitions", "transitions",
+    # rollout_store
+    "FORMAT_VERSION", "META_FILE", "RolloutStoreError", "chunk_path",
+    "load_rollouts", "policy_fingerprint", "save_rollouts",
+]
+
 ROLLOUT_STREAM, CANDIDATE_STREAM, COMPLETION_STREAM = 0, 1, 2
-META_FILE = "meta.json"
-
-
-class RolloutStoreError(Exception):
-    """A rollout store on disk is missing, corrupt or from another call."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -118,204 +125,6 @@ class RolloutConfig:
                               num_samples=self.candidate_samples,
                               max_step_tokens=self.max_step_tokens,
                               sampling=self.sampling, pad_id=pad_id)
-
-
-_BASE_FIELDS = {  # name: (dtype, trailing dims after R)
-    "problem_index": (np.int32, ""), "sample_index": (np.int32, ""),
-    "tokens": (np.int32, "L"), "lengths": (np.int32, ""),
-    "prompt_lengths": (np.int32, ""), "step_ends": (np.int32, "S"),
-    "num_steps": (np.int32, ""), "outcome": (np.float32, ""),
-    "step_correct": (np.bool_, "S"), "finished": (np.bool_, "")}
-_CAND_FIELDS = {
-    "cand_tokens": (np.int32, "SKT"), "cand_lengths": (np.int32, "SK"),
-    "cand_valid": (np.bool_, "SK"), "cand_log_probs": (np.float32, "SK"),
-    "cand_finished": (np.bool_, "SK")}
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RolloutDataset:
-    """R rollouts with up to S steps each, as NumPy arrays.
-
-    Attributes:
-      split: the split the problem indices refer to.
-      problem_index: [R] int32 index of the problem in its split.
-      sample_index: [R] int32 which of the M rollouts of the problem.
-      tokens: [R, L] int32 bos + prompt + solution, right-padded with pad.
-      lengths: [R] int32 real tokens.
-      prompt_lengths: [R] int32 tokens of bos + prompt.
-      step_ends: [R, S] int32 position in `tokens` of the last token of
-        step t; -1 for t >= num_steps.
-      num_steps: [R] int32 steps of the solution, in [1, S].
-      outcome: [R] float32 task.reward of the whole solution (0 or 1).
-      step_correct: [R, S] bool gold process labels (`step_correctness` of
-        the task where it has one); False in padding.
-      finished: [R] bool the solution ended (end or final-answer token).
-      cand_tokens: [R, S, K, T] int32 the policy's top-K distinct next steps
-        at s_{t+1} = prompt + steps 0..t, most likely first (pad where
-        invalid); or None.
-      cand_lengths: [R, S, K] int32 tokens per candidate; or None.
-      cand_valid: [R, S, K] bool the candidate exists; all False past
-        num_steps and at the terminal step of a finished rollout; or None.
-      cand_log_probs: [R, S, K] float32 policy log-probability of each
-        candidate (-inf where invalid); or None.
-      cand_finished: [R, S, K] bool the candidate ends the solution; or None.
-    """
-
-    split: str
-    problem_index: np.ndarray
-    sample_index: np.ndarray
-    tokens: np.ndarray
-    lengths: np.ndarray
-    prompt_lengths: np.ndarray
-    step_ends: np.ndarray
-    num_steps: np.ndarray
-    outcome: np.ndarray
-    step_correct: np.ndarray
-    finished: np.ndarray
-    cand_tokens: np.ndarray | None = None
-    cand_lengths: np.ndarray | None = None
-    cand_valid: np.ndarray | None = None
-    cand_log_probs: np.ndarray | None = None
-    cand_finished: np.ndarray | None = None
-
-    @property
-    def num_rollouts(self) -> int:
-        """R."""
-        return int(self.tokens.shape[0])
-
-    @property
-    def has_candidates(self) -> bool:
-        return self.cand_tokens is not None
-
-    def step_mask(self) -> np.ndarray:
-        """[R, S] bool: step t exists (t < num_steps)."""
-        s = self.step_ends.shape[1]
-        return np.arange(s)[None, :] < self.num_steps[:, None]
-
-    def terminal_mask(self) -> np.ndarray:
-        """[R, S] bool: the last step of a finished rollout."""
-        s = self.step_ends.shape[1]
-        return ((np.arange(s)[None, :] == self.num_steps[:, None] - 1)
-                & self.finished[:, None])
-
-    def open_mask(self) -> np.ndarray:
-        """[R, S] bool: steps after which the solution can go on."""
-        return self.step_mask() & ~self.terminal_mask()
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The array fields by name (candidate fields only when present)."""
-        names = list(_BASE_FIELDS) + (list(_CAND_FIELDS)
-                                      if self.has_candidates else [])
-        return {n: getattr(self, n) for n in names}
-
-    def validate(self) -> None:
-        """Checks dtypes, shapes and ranges.
-
-        Raises:
-          ValueError: naming the first field that is wrong.
-        """
-        arrays = self.arrays()
-        if self.has_candidates != all(getattr(self, n) is not None
-                                      for n in _CAND_FIELDS):
-            raise ValueError("candidate fields must be all present or all "
-                             "None")
-        r, l = self.tokens.shape if self.tokens.ndim == 2 else (-1, -1)
-        s = self.step_ends.shape[-1] if self.step_ends.ndim == 2 else -1
-        k, t = (self.cand_tokens.shape[2:] if self.has_candidates
-                and self.cand_tokens.ndim == 4 else (-1, -1))
-        dims = {"L": l, "S": s, "K": k, "T": t}
-        for name, (dtype, trailing) in {**_BASE_FIELDS, **_CAND_FIELDS}.items():
-            if name not in arrays:
-                continue
-            a = arrays[name]
-            shape = (r,) + tuple(dims[d] for d in trailing)
-            if a.dtype != dtype or a.shape != shape or -1 in shape:
-                raise ValueError(f"{name}: {a.dtype}{list(a.shape)}, expected "
-                                 f"{np.dtype(dtype)}{list(shape)}")
-        n = self.num_steps
-        if ((self.problem_index < 0).any() or (self.sample_index < 0).any()
-                or (self.tokens < 0).any()):
-            raise ValueError("negative problem_index, sample_index or token")
-        if ((n < 1) | (n > s)).any():
-            raise ValueError(f"num_steps outside [1, {s}]")
-        if not ((1 <= self.prompt_lengths) & (self.prompt_lengths
-                                              < self.lengths)
-                & (self.lengths <= l)).all():
-            raise ValueError("need 1 <= prompt_lengths < lengths <= L")
-        mask = self.step_mask()
-        ends = self.step_ends
-        inside = ((ends >= self.prompt_lengths[:, None])
-                  & (ends < self.lengths[:, None]))
-        if (mask & ~inside).any() or (~mask & (ends != -1)).any():
-            raise ValueError("step_ends outside [prompt_lengths, lengths) "
-                             "or not -1 past num_steps")
-        if (mask[:, 1:] & (np.diff(ends, axis=1) <= 0)).any():
-            raise ValueError("step_ends not increasing")
-        if (ends[np.arange(r), n - 1] != self.lengths - 1).any():
-            raise ValueError("the last step does not end at the last token")
-        if not (np.isfinite(self.outcome).all() and (self.outcome >= 0).all()
-                and (self.outcome <= 1).all()):
-            raise ValueError("outcome outside [0, 1]")
-        if (self.step_correct & ~mask).any():
-            raise ValueError("step_correct True past num_steps")
-        if self.has_candidates:
-            valid = self.cand_valid
-            if (valid & ~self.open_mask()[..., None]).any():
-                raise ValueError("cand_valid True past num_steps or at a "
-                                 "terminal step")
-            if ((self.cand_lengths < 0) | (self.cand_lengths > t)).any() or \
-                    (valid & (self.cand_lengths < 1)).any():
-                raise ValueError(f"cand_lengths outside [0, {t}] or empty "
-                                 "valid candidate")
-
-    @classmethod
-    def concatenate(cls, parts: Sequence["RolloutDataset"]
-                    ) -> "RolloutDataset":
-        """The rollouts of all parts, in order (same split and shapes)."""
-        if not parts:
-            raise ValueError("nothing to concatenate")
-        if len({p.split for p in parts}) != 1 or \
-                len({p.has_candidates for p in parts}) != 1:
-            raise ValueError("parts differ in split or candidates")
-        names = parts[0].arrays()
-        return cls(split=parts[0].split, **{
-            n: np.concatenate([getattr(p, n) for p in parts]) for n in names})
-
-    def solution_ids(self, r: int, t: int | None = None) -> np.ndarray:
-        """Token ids of rollout r's solution up to step t (all steps: None)."""
-        end = self.lengths[r] if t is None else self.step_ends[r, t] + 1
-        return self.tokens[r, self.prompt_lengths[r]:end]
-
-
-class Transitions(NamedTuple):
-    """One entry per (rollout, step) transition (s_t, a_t, r_t, s_{t+1}).
-
-    Rewards are sparse and undiscounted: r_t = 0 for every step but the
-    rollout's last, where r_t = outcome. Discounting (gamma) is applied by
-    the label functions. The last transition of a truncated rollout is not
-    terminal: its s_{t+1} has candidates to bootstrap from.
-
-    Attributes:
-      rollout: [N] int32 row r of the dataset.
-      step: [N] int32 step t (the action a_t is step t).
-      terminal: [N] bool s_{t+1} ends the episode.
-      reward: [N] float32 r_t.
-    """
-
-    rollout: np.ndarray
-    step: np.ndarray
-    terminal: np.ndarray
-    reward: np.ndarray
-
-
-def transitions(ds: RolloutDataset) -> Transitions:
-    """Flat transitions of all rollouts, rollout-major then by step."""
-    r, t = np.nonzero(ds.step_mask())
-    last = t == ds.num_steps[r] - 1
-    return Transitions(
-        rollout=r.astype(np.int32), step=t.astype(np.int32),
-        terminal=last & ds.finished[r],
-        reward=np.where(last, ds.outcome[r], 0.0).astype(np.float32))
 
 
 def derive_keys(seed: int, stream: int, *indices) -> jax.Array:
@@ -494,160 +303,6 @@ def _with_candidates(policy, ds, config, stop, pad_id) -> RolloutDataset:
         cand["cand_log_probs"][rr, tt] = np.where(valid, logp, -np.inf)
         cand["cand_finished"][rr, tt] = fin & valid
     return dataclasses.replace(ds, **cand)
-
-
-def policy_fingerprint(policy: Decoder) -> str:
-    """A cheap sha256 of the policy: its config and the first 1024 values of
-    every parameter (any fine-tuning changes it)."""
-    digest = hashlib.sha256(repr(policy.config).encode())
-    pure = nnx.to_pure_dict(nnx.state(policy, nnx.Param))
-    for path, leaf in jax.tree_util.tree_leaves_with_path(pure):
-        head = np.asarray(jax.device_get(jnp.ravel(leaf)[:1024]), np.float32)
-        digest.update(f"{jax.tree_util.keystr(path)}{leaf.shape}".encode())
-        digest.update(head.tobytes())
-    return digest.hexdigest()
-
-
-def _stop_digest(stop: StopRule) -> str:
-    return hashlib.sha256(b"".join(np.asarray(x).tobytes()
-                                   for x in stop)).hexdigest()
-
-
-def _meta(policy, tokenizer, task, indices, config, stop, split) -> dict:
-    task_config = getattr(task, "config", None)
-    meta = {
-        "format": "qstar_jax.learning.rollouts", "version": FORMAT_VERSION,
-        "config": {k: v for k, v in dataclasses.asdict(config).items()
-                   if k != "state_batch_size"},  # Does not change results.
-        "task": {"name": task.name, "config": dataclasses.asdict(task_config)
-                 if dataclasses.is_dataclass(task_config) else None},
-        "split": split, "problem_indices": indices.tolist(),
-        "chunk_size": config.batch_size,
-        "num_chunks": -(-len(indices) // config.batch_size),
-        "vocab_size": tokenizer.vocab_size,
-        "policy": policy_fingerprint(policy), "stop_rule": _stop_digest(stop)}
-    return json.loads(json.dumps(meta))  # Tuples as lists, as on disk.
-
-
-def chunk_path(out_dir: str, i: int) -> str:
-    """The file of chunk i of a store."""
-    return os.path.join(out_dir, f"chunk_{i:05d}.npz")
-
-
-def _write_atomic(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _save_npz(path: str, ds: RolloutDataset) -> None:
-    _write_atomic(path, lambda f: np.savez_compressed(
-        f, split=np.array(ds.split), version=np.array(FORMAT_VERSION),
-        **ds.arrays()))
-
-
-def _load_npz(path: str) -> RolloutDataset:
-    """Reads and validates one npz file; RolloutStoreError names it."""
-    if not os.path.exists(path):
-        raise RolloutStoreError(f"{path}: missing")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {name: z[name] for name in z.files}
-        if int(arrays.pop("version")) != FORMAT_VERSION:
-            raise RolloutStoreError(f"{path}: format version differs")
-        unknown = set(arrays) - {"split"} - set(_BASE_FIELDS) - set(
-            _CAND_FIELDS)
-        if unknown:
-            raise RolloutStoreError(f"{path}: unknown arrays {unknown}")
-        ds = RolloutDataset(split=str(arrays.pop("split")), **arrays)
-        ds.validate()
-    except (OSError, ValueError, EOFError, KeyError, TypeError,
-            zipfile.BadZipFile, zlib.error) as e:
-        raise RolloutStoreError(f"{path}: corrupt or truncated rollout "
-                                f"file ({type(e).__name__}: {e}); delete it "
-                                "and collect again") from e
-    return ds
-
-
-def save_rollouts(ds: RolloutDataset, path: str) -> None:
-    """Writes a dataset to one .npz file (atomically)."""
-    ds.validate()
-    _save_npz(path, ds)
-
-
-def _read_meta(out_dir: str) -> dict:
-    path = os.path.join(out_dir, META_FILE)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise RolloutStoreError(f"{path}: unreadable ({e})") from e
-
-
-def _load_chunk(out_dir: str, i: int, meta: dict) -> RolloutDataset:
-    path = chunk_path(out_dir, i)
-    ds = _load_npz(path)
-    c, m = meta["config"], meta["config"]["num_rollouts"]
-    idx = meta["problem_indices"][i * meta["chunk_size"]:
-                                  (i + 1) * meta["chunk_size"]]
-    expect = {"split": meta["split"],
-              "problem_index": np.repeat(idx, m).tolist(),
-              "sample_index": list(range(m)) * len(idx),
-              "width": c["prompt_width"] + c["max_tokens"],
-              "max_steps": c["max_steps"],
-              "candidates": c["num_candidates"] > 0}
-    got = {"split": ds.split, "problem_index": ds.problem_index.tolist(),
-           "sample_index": ds.sample_index.tolist(),
-           "width": ds.tokens.shape[1], "max_steps": ds.step_ends.shape[1],
-           "candidates": ds.has_candidates}
-    if ds.has_candidates:
-        expect["cand_shape"] = [c["num_candidates"], c["max_step_tokens"]]
-        got["cand_shape"] = list(ds.cand_tokens.shape[2:])
-    bad = [k for k in expect if expect[k] != got[k]]
-    if bad:
-        raise RolloutStoreError(f"{path}: does not match {META_FILE} in "
-                                f"{bad}")
-    return ds
-
-
-def load_rollouts(path: str) -> RolloutDataset:
-    """Loads a store written by `collect_rollouts` (a directory) or a file
-    written by `save_rollouts`.
-
-    Raises:
-      RolloutStoreError: meta.json unreadable, or a chunk missing, corrupt,
-        truncated or inconsistent with meta.json (the file is named).
-    """
-    if not os.path.isdir(path):
-        return _load_npz(path)
-    meta = _read_meta(path)
-    if meta.get("version") != FORMAT_VERSION:
-        raise RolloutStoreError(f"{path}: format version "
-                                f"{meta.get('version')} != {FORMAT_VERSION}")
-    return RolloutDataset.concatenate(
-        [_load_chunk(path, i, meta) for i in range(meta["num_chunks"])])
-
-
-def _open_store(out_dir: str, meta: dict, resume: bool) -> None:
-    """Creates or checks the store; without resume, old chunks are removed."""
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, META_FILE)
-    if resume and os.path.exists(path):
-        stored = _read_meta(out_dir)
-        if stored != meta:
-            diff = sorted(k for k in meta.keys() | stored.keys()
-                          if meta.get(k) != stored.get(k))
-            raise RolloutStoreError(
-                f"{path}: the store was written by a different call "
-                f"(differs in {diff}); use another out_dir or resume=False")
-        return
-    for name in os.listdir(out_dir):
-        if name.startswith("chunk_") and name.endswith(".npz"):
-            os.remove(os.path.join(out_dir, name))
-    _write_atomic(path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
 def collect_rollouts(policy: Decoder, tokenizer, task,
