@@ -53,3 +53,47 @@ def test_propose_steps_sharded_over_four_devices():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("ok")
+
+
+TRAIN_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from flax import nnx
+    assert jax.device_count() == 4, jax.devices()
+    from qstar_jax.learning.critic_training import critic_arrays, critic_loss
+    from qstar_jax.models.config import tiny
+    from qstar_jax.models.critic import Critic
+    from qstar_jax.parallel import data_mesh
+    from qstar_jax.training.trainer import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, 40, (16, 12)).astype(np.int32)
+    lengths = np.full(16, 12, np.int32)
+    ends = np.tile(np.array([[3, 7, 11]], np.int32), (16, 1))
+    data = critic_arrays(tokens, lengths, ends, rng.random((16, 3)),
+                         np.ones((16, 3), bool))
+    config = TrainConfig(learning_rate=1e-3, warmup_steps=1, total_steps=4,
+                         batch_size=8, log_every=2)
+
+    def run(mesh):
+        critic = Critic(tiny(vocab_size=40, num_layers=1), rngs=nnx.Rngs(0))
+        train(critic, data, critic_loss("mse"), config, progress=False,
+              mesh=mesh)
+        return critic
+
+    single, sharded = run(None), run(data_mesh())
+    leaf = jax.tree.leaves(nnx.state(sharded, nnx.Param))[0]
+    assert len(leaf.sharding.device_set) == 4, leaf.sharding
+    for a, b in zip(jax.tree.leaves(nnx.state(single, nnx.Param)),
+                    jax.tree.leaves(nnx.state(sharded, nnx.Param))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                                   atol=1e-6)
+    print("ok")
+""")
+
+
+def test_critic_training_sharded_over_four_devices_equals_single():
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
