@@ -55,43 +55,55 @@ def _keys(seed: int, stream: int, n: int) -> jax.Array:
 
 def best_of_n_rows(policy, critics, tokenizer, task, problems, tokens,
                    lengths, stop, args) -> dict:
-    """Best-of-N rows (PRM, each QVM, majority vote) from one sample set."""
+    """Best-of-N rows (PRM, each QVM, majority vote) for every N in args.n.
+
+    max(N) solutions are sampled once per problem; best-of-n reranks the
+    first n of them (each sample has its own random stream, so the first n
+    are n independent samples).
+    """
+    n_max = max(args.n)
     sample = jax.jit(lambda t, l, k: sample_solutions(
-        policy, t, l, k, stop, num_samples=args.n, max_tokens=80,
+        policy, t, l, k, stop, num_samples=n_max, max_tokens=80,
         sampling=SamplingConfig(temperature=0.9)))
     score = jax.jit(solution_scores, static_argnames=("kind", "aggregation"))
     keys = _keys(args.seed, 1, len(problems))
-    picks = {name: [] for name in critics}
-    votes, spent = [], 0
+    texts, lens, scores = [], [], {name: [] for name in critics}
     b = args.batch
     for s in tqdm(range(0, len(problems), b), desc="best-of-N"):
         sols = sample(tokens[s:s + b], lengths[s:s + b], keys[s:s + b])
-        spent += int(jnp.sum(sols.continuations.lengths))
         cont = np.asarray(sols.continuations.tokens)
         cont_len = np.asarray(sols.continuations.lengths)
-        texts = [[tokenizer.decode(cont[i, j, :cont_len[i, j]])
-                  for j in range(args.n)] for i in range(len(cont))]
+        lens.append(cont_len)
+        texts += [[tokenizer.decode(cont[i, j, :cont_len[i, j]])
+                   for j in range(n_max)] for i in range(len(cont))]
         for name, critic in critics.items():
             kind = "prm" if name == "prm" else "qvm"
             sc = np.asarray(score(critic, sols, kind=kind,
                                   aggregation="min"))
-            sc = np.where(np.isnan(sc), -np.inf, sc)
-            picks[name] += [texts[i][int(np.argmax(sc[i]))]
-                            for i in range(len(texts))]
-        for i, row in enumerate(texts):
-            answers = [task.extract_answer(t) for t in row]
-            winner = majority_vote(answers)
-            votes.append(next((t for t, a in zip(row, answers)
-                               if a == winner), row[0]))
-    tokens_per_problem = spent / len(problems)
+            scores[name].append(np.where(np.isnan(sc), -np.inf, sc))
+    lens = np.concatenate(lens)
+    scores = {k: np.concatenate(v) for k, v in scores.items()}
+    correct = np.array([[task.reward(p, t) == 1.0 for t in row]
+                        for p, row in zip(problems, texts)])
+    answers = [[task.extract_answer(t) for t in row] for row in texts]
     rows = {}
-    for name, texts in list(picks.items()) + [("majority_vote", votes)]:
-        acc = np.mean([task.reward(p, t) == 1.0
-                       for p, t in zip(problems, texts)])
-        label = (f"best-of-{args.n} (majority vote)" if name ==
-                 "majority_vote" else f"best-of-{args.n} ({name})")
-        rows[label] = {"accuracy": float(acc),
-                       "tokens_per_problem": tokens_per_problem}
+    for n in args.n:
+        spent = float(lens[:, :n].sum(axis=1).mean())
+        for name, sc in scores.items():
+            pick = np.argmax(sc[:, :n], axis=1)
+            rows[f"best-of-{n} ({name})"] = {
+                "accuracy": float(correct[np.arange(len(pick)), pick].mean()),
+                "tokens_per_problem": spent}
+        voted = []
+        for i, row in enumerate(answers):
+            winner = majority_vote(row[:n])
+            voted.append(next((correct[i, j] for j in range(n)
+                               if row[j] == winner), correct[i, 0]))
+        rows[f"best-of-{n} (majority vote)"] = {
+            "accuracy": float(np.mean(voted)), "tokens_per_problem": spent}
+        rows[f"pass@{n} (oracle)"] = {
+            "accuracy": float(correct[:, :n].any(axis=1).mean()),
+            "tokens_per_problem": spent}
     return rows
 
 
@@ -140,7 +152,8 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--problems", type=int, default=512)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--n", type=int, default=8, help="best-of-N samples")
+    parser.add_argument("--n", type=int, nargs="+", default=[8, 16],
+                        help="best-of-N sample counts")
     parser.add_argument("--k", type=int, default=4, help="Q* top-K steps")
     parser.add_argument("--m", type=int, default=8,
                         help="Q* samples per expansion")
