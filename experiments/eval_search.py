@@ -146,6 +146,20 @@ def qstar_row(policy, prm, qvm, tokenizer, task, problems, tokens, lengths,
             "seconds": time.perf_counter() - t0}
 
 
+def baseline_rows(policy, critics, tokenizer, task, problems, tokens,
+                  lengths, stop, args) -> dict:
+    """Greedy and best-of-N rows."""
+    greedy = greedy_solutions(policy, tokenizer, task, problems)
+    rows = {"greedy": {
+        "accuracy": float(np.mean([task.reward(p, t) == 1.0
+                                   for p, t in zip(problems, greedy)])),
+        "tokens_per_problem": float(np.mean(
+            [len(tokenizer.encode(t)) for t in greedy]))}}
+    rows.update(best_of_n_rows(policy, critics, tokenizer, task, problems,
+                               tokens, lengths, stop, args))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", required=True)
@@ -161,7 +175,10 @@ def main():
     parser.add_argument("--num-nodes", type=int, default=64)
     parser.add_argument("--max-expansions", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--qvms", nargs="*", default=list(QVMS))
+    parser.add_argument("--qvms", nargs="*", default=list(QVMS),
+                        help="QVMs searched with Q* (and reranked)")
+    parser.add_argument("--skip-baselines", action="store_true",
+                        help="only the Q* rows")
     args = parser.parse_args()
     if args.problems % args.batch:
         parser.error("--problems must be a multiple of --batch")
@@ -174,14 +191,18 @@ def main():
                for name in ("prm",) + tuple(args.qvms)}
 
     rows = {}
-    greedy = greedy_solutions(policy, tokenizer, task, problems)
-    rows["greedy"] = {
-        "accuracy": float(np.mean([task.reward(p, t) == 1.0
-                                   for p, t in zip(problems, greedy)])),
-        "tokens_per_problem": float(np.mean(
-            [len(tokenizer.encode(t)) for t in greedy]))}
-    rows.update(best_of_n_rows(policy, critics, tokenizer, task, problems,
-                               tokens, lengths, stop, args))
+    if os.path.exists(args.out):
+        # Rows of an earlier run on the same problems and seed are kept (so
+        # QVMs can be evaluated as they finish training); rows computed now
+        # replace theirs (every row is deterministic given the seed).
+        with open(args.out) as f:
+            earlier = json.load(f)
+        if (earlier["problems"], earlier["args"]["seed"]) == (args.problems,
+                                                               args.seed):
+            rows = earlier["rows"]
+    if not args.skip_baselines:
+        rows.update(baseline_rows(policy, critics, tokenizer, task,
+                                  problems, tokens, lengths, stop, args))
     for name in args.qvms:
         rows[f"Q* (PRM + {name})"] = qstar_row(
             policy, critics["prm"], critics[name], tokenizer, task,
