@@ -17,9 +17,12 @@ killed run resumes where it stopped):
        qvm_stronger MSE on the stronger solver's returns;
        qvm_fqi      fitted Q-iteration (MSE on Bellman targets over the
                     stored candidates, L rounds);
-  4. metrics on held-out rollouts (test problems): the PRM against the gold
-     step labels (accuracy, AUC, ECE, precision, recall); every QVM against
-     the outcome of its rollout (AUC) and against its own kind of label.
+  4. metrics on held-out rollouts (test problems) of every critic against
+     the gold event "every step so far is correct" (accuracy, AUC, ECE,
+     precision, recall: AlphaLLM's Table 8 metrics), per epoch during
+     training (on 256 held-out rollouts, in each critic's log) and at the
+     end (on all of them, metrics.json); for QVMs also the AUC of the last
+     step's Q against the rollout's graded outcome.
 
 Usage:
   python experiments/train_critics.py --run-dir runs/critics
@@ -38,7 +41,7 @@ from qstar_jax.learning import (FqiConfig, RolloutConfig, best_of_pool,
                                 binary_metrics, collect_rollouts,
                                 completion_returns, critic_arrays,
                                 critic_loss, fitted_q_iteration,
-                                monte_carlo_prm_labels, regression_metrics,
+                                monte_carlo_prm_labels,
                                 step_scores, stronger_solver_returns,
                                 transition_arrays)
 from qstar_jax.models.critic import Critic
@@ -121,6 +124,25 @@ def labels(ds, comp) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             "qvm_stronger": (strong, mask)}
 
 
+def prefix_correct(ds) -> np.ndarray:
+    """[R, S] bool: every step up to and including t is correct (the gold
+    event that a step's PRM score and Q-value should rank)."""
+    return np.cumprod(ds.step_correct, axis=1).astype(bool) & ds.step_mask()
+
+
+def held_out_metrics(critic, ds, *, logits: bool) -> dict:
+    """AlphaLLM Table 8 metrics of a critic's step scores on held-out
+    rollouts against `prefix_correct` (Q-values are clipped to [0, 1])."""
+    scores = step_scores(critic, ds.tokens, ds.lengths, ds.step_ends,
+                         progress=False)
+    mask = ds.step_mask()
+    values = scores[mask] if logits else np.clip(scores[mask], 0, 1)
+    m = binary_metrics(values, prefix_correct(ds)[mask].astype(np.float32),
+                       scores_are_logits=logits)
+    return {k: m[k] for k in ("accuracy", "auc", "ece", "precision",
+                              "recall")}
+
+
 def train_config(args, steps: int) -> TrainConfig:
     return TrainConfig(learning_rate=args.lr, warmup_steps=min(50, steps // 5),
                        total_steps=steps, batch_size=args.batch_size,
@@ -128,12 +150,17 @@ def train_config(args, steps: int) -> TrainConfig:
                        log_every=25, seed=args.seed)
 
 
-def stage_train(args, name, policy, ds, lab):
+def stage_train(args, name, policy, ds, lab, eval_ds):
     path = critic_path(args.run_dir, name)
     critic = new_critic(policy)
     if os.path.exists(path):
         return load_params_into(critic, path)
     ckpt = os.path.join(args.run_dir, name, "checkpoints")
+    epoch = max(1, len(ds.tokens) // args.batch_size)
+
+    def eval_fn(model):
+        return held_out_metrics(model, eval_ds, logits=name == "prm")
+
     if name == "qvm_fqi":
         reward, terminal, mask = transition_arrays(ds)
         data = critic_arrays(ds.tokens, ds.lengths, ds.step_ends,
@@ -143,7 +170,8 @@ def stage_train(args, name, policy, ds, lab):
             reward, terminal,
             FqiConfig(iterations=args.fqi_rounds, gamma=1.0,
                       train=train_config(args, args.fqi_steps),
-                      score_batch=32), checkpoint_dir=ckpt)
+                      score_batch=32), checkpoint_dir=ckpt,
+            eval_fn=eval_fn)
     else:
         targets, mask = lab[name]
         data = critic_arrays(ds.tokens, ds.lengths, ds.step_ends, targets,
@@ -151,7 +179,7 @@ def stage_train(args, name, policy, ds, lab):
         kind = "bce" if name == "prm" else "mse"
         result = train(critic, data, critic_loss(kind),
                        train_config(args, args.steps), checkpoint_dir=ckpt,
-                       resume=True,
+                       resume=True, eval_fn=eval_fn, eval_every=epoch,
                        log_path=os.path.join(args.run_dir, name, "log.jsonl"))
         history = result.history
     save_params(critic, path, dtype=np.float32)
@@ -160,33 +188,20 @@ def stage_train(args, name, policy, ds, lab):
     return critic
 
 
-def evaluate(critics: dict, ds, test_labels) -> dict:
-    """Held-out metrics of every critic on the test rollouts."""
+def evaluate(critics: dict, ds) -> dict:
+    """Held-out metrics of every critic on the test rollouts: against the
+    gold prefix correctness of every step, and (QVMs) the AUC of the last
+    step's Q against the rollout's graded outcome."""
     out = {}
-    mask = ds.step_mask()
     for name, critic in critics.items():
-        scores = step_scores(critic, ds.tokens, ds.lengths, ds.step_ends)
-        if name == "prm":
-            out[name] = {"vs_gold_step_labels": binary_metrics(
-                scores[mask], ds.step_correct[mask].astype(np.float32),
-                scores_are_logits=True)}
-            continue
-        last = ds.num_steps - 1
-        final_q = scores[np.arange(len(scores)), last]
-        first_q = scores[:, 0]
-        out[name] = {
-            "auc_final_step_vs_outcome": binary_metrics(
-                np.clip(final_q, 0, 1), ds.outcome)["auc"],
-            "auc_first_step_vs_outcome": binary_metrics(
-                np.clip(first_q, 0, 1), ds.outcome)["auc"],
-            "auc_steps_vs_gold_step_labels": binary_metrics(
-                np.clip(scores[mask], 0, 1),
-                ds.step_correct[mask].astype(np.float32))["auc"],
-        }
-        if name in test_labels:
-            target, tmask = test_labels[name]
-            out[name]["vs_own_labels"] = regression_metrics(
-                scores[tmask], target[tmask])
+        out[name] = {"vs_prefix_correct": held_out_metrics(
+            critic, ds, logits=name == "prm")}
+        if name != "prm":
+            scores = step_scores(critic, ds.tokens, ds.lengths, ds.step_ends,
+                                 progress=False)
+            final_q = scores[np.arange(len(scores)), ds.num_steps - 1]
+            out[name]["auc_last_step_vs_outcome"] = binary_metrics(
+                np.clip(final_q, 0, 1), ds.outcome)["auc"]
     return out
 
 
@@ -225,9 +240,11 @@ def main():
              "label_means": {k: float(v[0][v[1]].mean())
                              for k, v in lab.items()}}
     print(json.dumps(stats, indent=1), flush=True)
-    critics = {name: stage_train(args, name, policy, train_ds, lab)
+    # Per-epoch held-out metrics on a slice of the test rollouts.
+    eval_ds = test_ds.select(np.arange(min(256, len(test_ds.tokens))))
+    critics = {name: stage_train(args, name, policy, train_ds, lab, eval_ds)
                for name in args.only}
-    metrics = evaluate(critics, test_ds, {})
+    metrics = evaluate(critics, test_ds)
     with open(os.path.join(args.run_dir, "metrics.json"), "w") as f:
         json.dump({"data": stats, "critics": metrics}, f, indent=1,
                   default=float)

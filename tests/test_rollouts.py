@@ -141,6 +141,23 @@ def test_transitions(collected):
     assert (ds.open_mask()[tr.rollout, tr.step] == ~tr.terminal).all()
 
 
+def test_select_and_transition_arrays(collected):
+    from qstar_jax.learning.critic_training import transition_arrays
+    ds, _ = collected
+    rows = np.array([2, 0])
+    sub = ds.select(rows)
+    sub.validate()
+    for name, value in sub.arrays().items():
+        np.testing.assert_array_equal(value, getattr(ds, name)[rows])
+    reward, terminal, mask = transition_arrays(ds)
+    tr = R.transitions(ds)
+    np.testing.assert_array_equal(np.argwhere(mask),
+                                  np.stack([tr.rollout, tr.step], 1))
+    np.testing.assert_array_equal(reward[mask], tr.reward)
+    np.testing.assert_array_equal(terminal[mask], tr.terminal)
+    assert not reward[~mask].any() and not terminal[~mask].any()
+
+
 def test_batch_independence(policy, collected):
     ds, _ = collected
     other = R.collect_rollouts(*policy, [9, 5], CONFIG, progress=False)

@@ -227,7 +227,8 @@ def fitted_q_iteration(critic: Critic, data: dict[str, np.ndarray],
                        cand_valid: np.ndarray, reward: np.ndarray,
                        terminal: np.ndarray, config: FqiConfig, *,
                        checkpoint_dir: str | None = None,
-                       progress: bool = True) -> list[dict]:
+                       progress: bool = True, eval_fn=None,
+                       eval_every: int = 0) -> list[dict]:
     """Trains `critic` in place by L rounds of fitted Q-iteration.
 
     Args:
@@ -243,9 +244,12 @@ def fitted_q_iteration(critic: Critic, data: dict[str, np.ndarray],
         `<dir>/round_<l>`, and a finished round's parameters are kept, so a
         killed run resumes in the round it stopped in.
       progress: progress bars.
+      eval_fn, eval_every: passed to each round's `train`; with a
+        checkpoint_dir, each round's metrics go to `<dir>/round_<l>/log.jsonl`.
 
     Returns:
-      One record per round: mean target, NaN count, final training loss.
+      One record per round: mean target, NaN count, final training loss,
+      and the round's last evaluation if `eval_fn` is given.
     """
     mask = data["mask"] > 0
     history = []
@@ -275,11 +279,16 @@ def fitted_q_iteration(critic: Critic, data: dict[str, np.ndarray],
                     .astype(np.float32))
         result: TrainResult = train(critic, data, critic_loss("mse"),
                                     config.train, checkpoint_dir=round_dir,
-                                    resume=True, progress=progress)
+                                    resume=True, progress=progress,
+                                    eval_fn=eval_fn, eval_every=eval_every,
+                                    log_path=round_dir and os.path.join(
+                                        round_dir, "log.jsonl"))
+        losses = [h["loss"] for h in result.history if "loss" in h]
+        evals = [h for h in result.history if "loss" not in h]
         record = {"round": round_, "mean_target": float(targets[mask].mean()),
                   "nan_count": int(y.nan_count),
-                  "final_loss": float(result.history[-1]["loss"])
-                  if result.history else float("nan")}
+                  "final_loss": losses[-1] if losses else float("nan"),
+                  **(evals[-1] if evals else {})}
         history.append(record)
         if done_file:
             with open(done_file, "w") as f:

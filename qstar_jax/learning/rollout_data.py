@@ -188,6 +188,11 @@ class RolloutDataset:
         return cls(split=parts[0].split, **{
             n: np.concatenate([getattr(p, n) for p in parts]) for n in names})
 
+    def select(self, rows) -> "RolloutDataset":
+        """The rollouts at `rows` ([n] indices or a boolean mask [R])."""
+        return type(self)(split=self.split, **{
+            n: v[rows] for n, v in self.arrays().items()})
+
     def solution_ids(self, r: int, t: int | None = None) -> np.ndarray:
         """Token ids of rollout r's solution up to step t (all steps: None)."""
         end = self.lengths[r] if t is None else self.step_ends[r, t] + 1
