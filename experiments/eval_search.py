@@ -173,7 +173,7 @@ def main():
                         help="Q* samples per expansion")
     parser.add_argument("--lam", type=float, default=1.0)
     parser.add_argument("--num-nodes", type=int, default=64)
-    parser.add_argument("--max-expansions", type=int, default=16)
+    parser.add_argument("--max-expansions", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--qvms", nargs="*", default=list(QVMS),
                         help="QVMs searched with Q* (and reranked)")

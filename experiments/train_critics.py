@@ -157,13 +157,14 @@ def stage_train(args, name, policy, ds, lab, eval_ds):
         return load_params_into(critic, path)
     ckpt = os.path.join(args.run_dir, name, "checkpoints")
     epoch = max(1, len(ds.tokens) // args.batch_size)
+    tokens = ds.tokens[:, :int(ds.lengths.max())]   # No all-padding columns.
 
     def eval_fn(model):
         return held_out_metrics(model, eval_ds, logits=name == "prm")
 
     if name == "qvm_fqi":
         reward, terminal, mask = transition_arrays(ds)
-        data = critic_arrays(ds.tokens, ds.lengths, ds.step_ends,
+        data = critic_arrays(tokens, ds.lengths, ds.step_ends,
                              np.zeros(mask.shape), mask)
         history = fitted_q_iteration(
             critic, data, ds.cand_tokens, ds.cand_lengths, ds.cand_valid,
@@ -174,7 +175,7 @@ def stage_train(args, name, policy, ds, lab, eval_ds):
             eval_fn=eval_fn)
     else:
         targets, mask = lab[name]
-        data = critic_arrays(ds.tokens, ds.lengths, ds.step_ends, targets,
+        data = critic_arrays(tokens, ds.lengths, ds.step_ends, targets,
                              mask)
         kind = "bce" if name == "prm" else "mse"
         result = train(critic, data, critic_loss(kind),
@@ -208,7 +209,7 @@ def evaluate(critics: dict, ds) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--train-problems", type=int, default=512)
+    parser.add_argument("--train-problems", type=int, default=384)
     parser.add_argument("--test-problems", type=int, default=128,
                         help="held-out problems for critic metrics (after "
                              "the search evaluation's problems)")
@@ -216,11 +217,11 @@ def main():
     parser.add_argument("--rollouts", type=int, default=4)
     parser.add_argument("--candidates", type=int, default=4)
     parser.add_argument("--completions", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--fqi-rounds", type=int, default=7)
-    parser.add_argument("--fqi-steps", type=int, default=120)
+    parser.add_argument("--fqi-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=list(CRITICS))
     args = parser.parse_args()
