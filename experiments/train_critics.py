@@ -13,6 +13,8 @@ killed run resumes where it stopped):
      with a zero head:
        prm          BCE on soft Monte Carlo labels (share of correct
                     completions from the state after the step);
+     (prm and the two directly labelled QVMs keep the epoch with the best
+     validation AUC: early stopping);
        qvm_pool     MSE on best-of-pool labels;
        qvm_stronger MSE on the stronger solver's returns;
        qvm_fqi      fitted Q-iteration (MSE on Bellman targets over the
@@ -20,9 +22,10 @@ killed run resumes where it stopped):
   4. metrics on held-out rollouts (test problems) of every critic against
      the gold event "every step so far is correct" (accuracy, AUC, ECE,
      precision, recall: AlphaLLM's Table 8 metrics), per epoch during
-     training (on 256 held-out rollouts, in each critic's log) and at the
-     end (on all of them, metrics.json); for QVMs also the AUC of the last
-     step's Q against the rollout's graded outcome.
+     training (on half of the held-out rollouts, the validation half, in
+     each critic's log) and at the end (on the other half, metrics.json);
+     for QVMs also the AUC of the last step's Q against the rollout's
+     graded outcome.
 
 Usage:
   python experiments/train_critics.py --run-dir runs/critics
@@ -49,7 +52,7 @@ from qstar_jax.sampling.logits import SamplingConfig
 from qstar_jax.tasks.arithchain import ArithChain
 from qstar_jax.tasks.tiny_policy import (load_params_into, load_tiny_policy,
                                          save_params)
-from qstar_jax.training.trainer import TrainConfig, train
+from qstar_jax.training.trainer import TrainConfig, restore_params, train
 
 CRITICS = ("prm", "qvm_pool", "qvm_stronger", "qvm_fqi")
 
@@ -143,11 +146,23 @@ def held_out_metrics(critic, ds, *, logits: bool) -> dict:
                               "recall")}
 
 
-def train_config(args, steps: int) -> TrainConfig:
+def train_config(args, steps: int, every: int = 100) -> TrainConfig:
     return TrainConfig(learning_rate=args.lr, warmup_steps=min(50, steps // 5),
                        total_steps=steps, batch_size=args.batch_size,
-                       weight_decay=0.0, checkpoint_every=100,
-                       log_every=25, seed=args.seed)
+                       weight_decay=0.0, checkpoint_every=every,
+                       max_checkpoints=steps // every + 2, log_every=24,
+                       seed=args.seed)
+
+
+def best_step(log_path: str) -> tuple[int, float]:
+    """(step, AUC) of the logged evaluation with the best validation AUC
+    (the earliest on ties)."""
+    with open(log_path) as f:
+        records = [json.loads(line) for line in f]
+    evals = [(r["eval/auc"], -r["step"]) for r in records
+             if "eval/auc" in r]
+    auc, neg_step = max(evals)
+    return -neg_step, auc
 
 
 def stage_train(args, name, policy, ds, lab, eval_ds):
@@ -178,11 +193,16 @@ def stage_train(args, name, policy, ds, lab, eval_ds):
         data = critic_arrays(tokens, ds.lengths, ds.step_ends, targets,
                              mask)
         kind = "bce" if name == "prm" else "mse"
-        result = train(critic, data, critic_loss(kind),
-                       train_config(args, args.steps), checkpoint_dir=ckpt,
-                       resume=True, eval_fn=eval_fn, eval_every=epoch,
-                       log_path=os.path.join(args.run_dir, name, "log.jsonl"))
-        history = result.history
+        config = train_config(args, args.steps, every=epoch)
+        log = os.path.join(args.run_dir, name, "log.jsonl")
+        result = train(critic, data, critic_loss(kind), config,
+                       checkpoint_dir=ckpt, resume=True, eval_fn=eval_fn,
+                       eval_every=epoch, log_path=log)
+        # Early stopping: keep the epoch with the best validation AUC.
+        step, auc = best_step(log)
+        restore_params(critic, ckpt, step, config)
+        history = result.history + [{"selected_step": step,
+                                     "selected_eval_auc": auc}]
     save_params(critic, path, dtype=np.float32)
     with open(os.path.join(args.run_dir, name, "history.json"), "w") as f:
         json.dump(history, f, indent=1)
@@ -217,7 +237,7 @@ def main():
     parser.add_argument("--rollouts", type=int, default=4)
     parser.add_argument("--candidates", type=int, default=4)
     parser.add_argument("--completions", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=480)
     parser.add_argument("--fqi-rounds", type=int, default=7)
     parser.add_argument("--fqi-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -241,11 +261,14 @@ def main():
              "label_means": {k: float(v[0][v[1]].mean())
                              for k, v in lab.items()}}
     print(json.dumps(stats, indent=1), flush=True)
-    # Per-epoch held-out metrics on a slice of the test rollouts.
-    eval_ds = test_ds.select(np.arange(min(256, len(test_ds.tokens))))
+    # Held-out rollouts: the first half validates (per-epoch metrics and
+    # early stopping), the second half gives the reported metrics.
+    half = len(test_ds.tokens) // 2
+    eval_ds = test_ds.select(np.arange(half))
+    report_ds = test_ds.select(np.arange(half, len(test_ds.tokens)))
     critics = {name: stage_train(args, name, policy, train_ds, lab, eval_ds)
                for name in args.only}
-    metrics = evaluate(critics, test_ds)
+    metrics = evaluate(critics, report_ds)
     with open(os.path.join(args.run_dir, "metrics.json"), "w") as f:
         json.dump({"data": stats, "critics": metrics}, f, indent=1,
                   default=float)

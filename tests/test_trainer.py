@@ -11,8 +11,8 @@ from qstar_jax.models.config import tiny
 from qstar_jax.models.decoder import init_decoder
 from qstar_jax.sampling.decode import sequence_log_probs
 from qstar_jax.training import (TrainConfig, batch_indices, bce_loss,
-                                learning_rate_schedule, mse_loss, sft_arrays,
-                                sft_loss, train)
+                                learning_rate_schedule, mse_loss,
+                                restore_params, sft_arrays, sft_loss, train)
 
 CONFIG = tiny(vocab_size=32, hidden_size=32, num_layers=2, num_heads=2,
               num_kv_heads=1, head_dim=16, intermediate_size=64,
@@ -125,3 +125,21 @@ def test_resume_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert not all(np.array_equal(a, b) for a, b in zip(
         params_of(full.model), params_of(init_decoder(CONFIG, 0))))
+
+
+def test_restore_params_of_an_earlier_step(tmp_path):
+    cfg = TrainConfig(learning_rate=5e-3, warmup_steps=2, total_steps=6,
+                      batch_size=8, checkpoint_every=3, log_every=3,
+                      max_checkpoints=3)
+    data = toy_data()
+    train(init_decoder(CONFIG, 0), data, sft_loss, cfg,
+          checkpoint_dir=str(tmp_path / "run"), progress=False)
+    early = train(init_decoder(CONFIG, 0), data, sft_loss, cfg,
+                  progress=False, stop_at=3)
+    restored = restore_params(init_decoder(CONFIG, 1), str(tmp_path / "run"),
+                              3, cfg)
+    for a, b in zip(params_of(early.model), params_of(restored), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(FileNotFoundError, match="kept"):
+        restore_params(init_decoder(CONFIG, 1), str(tmp_path / "run"), 4,
+                       cfg)

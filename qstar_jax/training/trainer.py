@@ -163,6 +163,26 @@ def restore_checkpoint(manager: ocp.CheckpointManager, step: int, params,
     return restored["params"], restored["opt_state"]
 
 
+def restore_params(model: nnx.Module, checkpoint_dir: str, step: int,
+                   config: TrainConfig) -> nnx.Module:
+    """Loads the parameters of checkpoint `step` of a `train` run into
+    `model` (in place; for example the step with the best validation
+    metric). Raises FileNotFoundError if that step was not kept."""
+    manager = _checkpoint_manager(checkpoint_dir, config)
+    try:
+        if step not in manager.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint {step} in {checkpoint_dir} (kept: "
+                f"{sorted(manager.all_steps())})")
+        params = nnx.state(model, nnx.Param)
+        opt_state = make_optimizer(config).init(params)
+        params, _ = restore_checkpoint(manager, step, params, opt_state)
+    finally:
+        manager.close()
+    nnx.update(model, params)
+    return model
+
+
 def train(model: nnx.Module, data: Mapping[str, np.ndarray], loss_fn: LossFn,
           config: TrainConfig, *, checkpoint_dir: str | None = None,
           resume: bool = False, log_path: str | None = None,
