@@ -24,6 +24,8 @@ import numpy as np
 
 from qstar_jax.learning.labels import fqi_targets, fqi_targets_numpy
 
+from bench_decode import best_time
+
 
 def transitions(n: int, k: int, seed: int) -> tuple:
     """Seeded transitions: rewards in {0, 1} at terminal steps, Q-values in
@@ -35,15 +37,6 @@ def transitions(n: int, k: int, seed: int) -> tuple:
     next_q[rng.random((n, k)) < 1e-3] = np.nan
     valid = rng.random((n, k)) < 0.9
     return reward, terminal, next_q, valid
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main():
@@ -62,7 +55,7 @@ def main():
         data = transitions(n, args.k, args.seed)
         on_device = [jnp.asarray(x) for x in data]
         out = jitted(*on_device, args.gamma)            # Compile.
-        device_s = best_of(lambda: jitted(*on_device, args.gamma),
+        device_s = best_time(lambda: jitted(*on_device, args.gamma),
                            args.repeats)
         t0 = time.perf_counter()
         ref = fqi_targets_numpy(*data, args.gamma)

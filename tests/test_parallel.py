@@ -47,12 +47,16 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_propose_steps_sharded_over_four_devices():
+def _run_on_four_devices(script: str) -> None:
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env,
+    done = subprocess.run([sys.executable, "-c", script], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("ok")
+
+
+def test_propose_steps_sharded_over_four_devices():
+    _run_on_four_devices(SCRIPT)
 
 
 TRAIN_SCRIPT = textwrap.dedent("""
@@ -92,8 +96,4 @@ TRAIN_SCRIPT = textwrap.dedent("""
 
 
 def test_critic_training_sharded_over_four_devices_equals_single():
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith("ok")
+    _run_on_four_devices(TRAIN_SCRIPT)
