@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from qstar_jax.learning.labels import fqi_targets
 from qstar_jax.learning.rollouts import RolloutDataset, transitions
 from qstar_jax.models.critic import Critic, score_branches, scores_at
+from qstar_jax.sampling.states import pad_batch
 from qstar_jax.training.losses import bce_loss, mse_loss
 from qstar_jax.training.trainer import TrainConfig, TrainResult, train
 
@@ -110,13 +111,6 @@ def _batches(num: int, batch_size: int, progress: bool, desc: str):
         yield start, min(start + batch_size, num)
 
 
-def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
-    """Pads the leading axis to `size` by repeating row 0 (fixed shapes)."""
-    if len(x) == size:
-        return x
-    return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)])
-
-
 def step_scores(critic: Critic, tokens: np.ndarray, lengths: np.ndarray,
                 step_ends: np.ndarray, *, batch_size: int = 64,
                 progress: bool = True) -> np.ndarray:
@@ -132,7 +126,7 @@ def step_scores(critic: Critic, tokens: np.ndarray, lengths: np.ndarray,
     """
     out = []
     for lo, hi in _batches(len(tokens), batch_size, progress, "scoring"):
-        rows = [_pad_rows(a[lo:hi], batch_size)
+        rows = [pad_batch(a[lo:hi], batch_size)
                 for a in (tokens, lengths, step_ends)]
         out.append(np.asarray(_scores_at(critic, *rows))[:hi - lo])
     return np.concatenate(out)
@@ -171,7 +165,7 @@ def next_q_values(critic: Critic, tokens: np.ndarray, lengths: np.ndarray,
     """
     out = []
     for lo, hi in _batches(len(tokens), batch_size, progress, "next Q"):
-        rows = [_pad_rows(a[lo:hi], batch_size) for a in
+        rows = [pad_batch(a[lo:hi], batch_size) for a in
                 (tokens, lengths, step_ends, cand_tokens, cand_lengths)]
         out.append(np.asarray(_next_q(critic, *rows))[:hi - lo])
     return np.concatenate(out)

@@ -216,11 +216,6 @@ def _propose(policy, tokens, lengths, keys, stop, *, config):
     return p.tokens, p.lengths, p.valid, p.log_probs, p.finished
 
 
-def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-    """Pads axis 0 to `rows` by repeating row 0 (fixed jitted shapes)."""
-    return np.concatenate([x, np.repeat(x[:1], rows - len(x), 0)])
-
-
 def _state_rows(ds_tokens, ends, pad_id):
     """[N, L] states tokens[:end + 1] (pad after) and their lengths [N]."""
     lengths = (ends + 1).astype(np.int32)
@@ -236,9 +231,9 @@ def _collect_chunk(policy, tokenizer, task, problems, idx, config, stop,
     chunk = [problems[int(i)] for i in idx]
     prompts, prompt_lens = encode_prompts(tokenizer, task, chunk,
                                           config.prompt_width)
-    keys = derive_keys(config.seed, ROLLOUT_STREAM, _pad_rows(idx, b))
+    keys = derive_keys(config.seed, ROLLOUT_STREAM, states.pad_batch(idx, b))
     sol, sol_lens = jax.device_get(_sample(
-        policy, _pad_rows(prompts, b), _pad_rows(prompt_lens, b), keys, stop,
+        policy, states.pad_batch(prompts, b), states.pad_batch(prompt_lens, b), keys, stop,
         num_samples=m, max_tokens=config.max_tokens,
         sampling=config.sampling, pad_id=pad_id))
     r, width = len(idx) * m, config.prompt_width + config.max_tokens
@@ -292,10 +287,10 @@ def _with_candidates(policy, ds, config, stop, pad_id) -> RolloutDataset:
         tokens, lengths = _state_rows(ds.tokens[rr], ds.step_ends[rr, tt],
                                       pad_id)
         keys = derive_keys(config.seed, CANDIDATE_STREAM,
-                           _pad_rows(ds.problem_index[rr], n),
-                           _pad_rows(ds.sample_index[rr], n), _pad_rows(tt, n))
+                           states.pad_batch(ds.problem_index[rr], n),
+                           states.pad_batch(ds.sample_index[rr], n), states.pad_batch(tt, n))
         toks, lens, valid, logp, fin = (x[:len(rr)] for x in jax.device_get(
-            _propose(policy, _pad_rows(tokens, n), _pad_rows(lengths, n),
+            _propose(policy, states.pad_batch(tokens, n), states.pad_batch(lengths, n),
                      keys, stop, config=proposer)))
         cand["cand_tokens"][rr, tt] = np.where(valid[..., None], toks, pad_id)
         cand["cand_lengths"][rr, tt] = np.where(valid, lens, 0)
@@ -413,10 +408,10 @@ def iter_completions(policy: Decoder, ds: RolloutDataset, stop: StopRule, *,
         tokens, lengths = _state_rows(ds.tokens[rr], ds.step_ends[rr, tt],
                                       pad_id)
         keys = derive_keys(seed, COMPLETION_STREAM,
-                           _pad_rows(ds.problem_index[rr], n),
-                           _pad_rows(ds.sample_index[rr], n), _pad_rows(tt, n))
+                           states.pad_batch(ds.problem_index[rr], n),
+                           states.pad_batch(ds.sample_index[rr], n), states.pad_batch(tt, n))
         out, out_len = jax.device_get(_sample(
-            policy, _pad_rows(tokens, n), _pad_rows(lengths, n), keys, stop,
+            policy, states.pad_batch(tokens, n), states.pad_batch(lengths, n), keys, stop,
             num_samples=num_completions, max_tokens=max_tokens,
             sampling=sampling, pad_id=pad_id))
         yield CompletionBatch(rollout=rr.astype(np.int32),

@@ -135,3 +135,11 @@ def stop_rule(vocab: _Vocabulary, *, delimiter: str | None = "\n",
         np.zeros(size, bool)
     return StopRule(delimiter=jnp.asarray(delim & ~end),
                     end=jnp.asarray(end), final=jnp.asarray(final))
+
+
+def pad_batch(x: np.ndarray, rows: int) -> np.ndarray:
+    """Pads axis 0 of a host array to `rows` by repeating row 0, so the last
+    batch of a loop keeps the jitted shape (its extra rows are dropped)."""
+    if len(x) == rows:
+        return x
+    return np.concatenate([x, np.repeat(x[:1], rows - len(x), axis=0)])

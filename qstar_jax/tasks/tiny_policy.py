@@ -171,9 +171,8 @@ def greedy_solutions(model: Decoder, tokenizer: ArithTokenizer,
     for start in range(0, len(problems), batch_size):
         chunk = list(problems[start:start + batch_size])
         tokens, lengths = encode_prompts(tokenizer, task, chunk, prompt_width)
-        pad = batch_size - len(chunk)
-        tokens = np.concatenate([tokens, np.repeat(tokens[:1], pad, 0)])
-        lengths = np.concatenate([lengths, np.repeat(lengths[:1], pad)])
+        tokens = states.pad_batch(tokens, batch_size)
+        lengths = states.pad_batch(lengths, batch_size)
         out, out_len = jax.device_get(_greedy(model, tokens, lengths, stop,
                                               max_tokens))
         texts += [tokenizer.decode(out[i, :out_len[i]])
