@@ -54,6 +54,7 @@ from qstar_jax.models.decoder import Decoder
 from qstar_jax.sampling import states
 from qstar_jax.sampling.decode import StopRule
 from qstar_jax.sampling.logits import SamplingConfig
+from qstar_jax.sampling.states import pad_batch
 from qstar_jax.sampling.proposer import ProposerConfig, propose_steps, rollout
 from qstar_jax.tasks.tiny_policy import encode_prompts
 
@@ -231,9 +232,10 @@ def _collect_chunk(policy, tokenizer, task, problems, idx, config, stop,
     chunk = [problems[int(i)] for i in idx]
     prompts, prompt_lens = encode_prompts(tokenizer, task, chunk,
                                           config.prompt_width)
-    keys = derive_keys(config.seed, ROLLOUT_STREAM, states.pad_batch(idx, b))
+    keys = derive_keys(config.seed, ROLLOUT_STREAM, pad_batch(idx, b))
     sol, sol_lens = jax.device_get(_sample(
-        policy, states.pad_batch(prompts, b), states.pad_batch(prompt_lens, b), keys, stop,
+        policy, pad_batch(prompts, b), pad_batch(prompt_lens, b), keys,
+        stop,
         num_samples=m, max_tokens=config.max_tokens,
         sampling=config.sampling, pad_id=pad_id))
     r, width = len(idx) * m, config.prompt_width + config.max_tokens
@@ -287,10 +289,11 @@ def _with_candidates(policy, ds, config, stop, pad_id) -> RolloutDataset:
         tokens, lengths = _state_rows(ds.tokens[rr], ds.step_ends[rr, tt],
                                       pad_id)
         keys = derive_keys(config.seed, CANDIDATE_STREAM,
-                           states.pad_batch(ds.problem_index[rr], n),
-                           states.pad_batch(ds.sample_index[rr], n), states.pad_batch(tt, n))
+                           pad_batch(ds.problem_index[rr], n),
+                           pad_batch(ds.sample_index[rr], n),
+                           pad_batch(tt, n))
         toks, lens, valid, logp, fin = (x[:len(rr)] for x in jax.device_get(
-            _propose(policy, states.pad_batch(tokens, n), states.pad_batch(lengths, n),
+            _propose(policy, pad_batch(tokens, n), pad_batch(lengths, n),
                      keys, stop, config=proposer)))
         cand["cand_tokens"][rr, tt] = np.where(valid[..., None], toks, pad_id)
         cand["cand_lengths"][rr, tt] = np.where(valid, lens, 0)
@@ -408,10 +411,12 @@ def iter_completions(policy: Decoder, ds: RolloutDataset, stop: StopRule, *,
         tokens, lengths = _state_rows(ds.tokens[rr], ds.step_ends[rr, tt],
                                       pad_id)
         keys = derive_keys(seed, COMPLETION_STREAM,
-                           states.pad_batch(ds.problem_index[rr], n),
-                           states.pad_batch(ds.sample_index[rr], n), states.pad_batch(tt, n))
+                           pad_batch(ds.problem_index[rr], n),
+                           pad_batch(ds.sample_index[rr], n),
+                           pad_batch(tt, n))
         out, out_len = jax.device_get(_sample(
-            policy, states.pad_batch(tokens, n), states.pad_batch(lengths, n), keys, stop,
+            policy, pad_batch(tokens, n), pad_batch(lengths, n), keys,
+            stop,
             num_samples=num_completions, max_tokens=max_tokens,
             sampling=sampling, pad_id=pad_id))
         yield CompletionBatch(rollout=rr.astype(np.int32),
