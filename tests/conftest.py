@@ -35,3 +35,35 @@ def random_critic():
         return critic
 
     return make
+
+
+@pytest.fixture(scope="session")
+def token_stop_rule():
+    """Factory of `StopRule`s over token ids: `make(vocab, end, delimiters)`
+    (no final-answer tokens)."""
+    import jax.numpy as jnp
+
+    from qstar_jax.sampling.decode import StopRule
+
+    def make(vocab: int, end: int, delimiters) -> StopRule:
+        none = jnp.zeros(vocab, bool)
+        return StopRule(none.at[jnp.asarray(delimiters)].set(True),
+                        none.at[end].set(True), none)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def random_qstar_models(random_critic):
+    """Factory of Q* models over `vocab` tokens: a random 2-layer policy and
+    random critics (PRM seed 1, QVM seed 2)."""
+    from qstar_jax.models.config import tiny
+    from qstar_jax.models.decoder import init_decoder
+    from qstar_jax.search.qstar import QStarModels
+
+    def make(vocab: int) -> QStarModels:
+        return QStarModels(
+            policy=init_decoder(tiny(vocab_size=vocab, num_layers=2), seed=0),
+            prm=random_critic(vocab, 1), qvm=random_critic(vocab, 2))
+
+    return make

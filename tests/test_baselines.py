@@ -7,7 +7,6 @@ import pytest
 
 from qstar_jax.models.config import tiny
 from qstar_jax.models.decoder import init_decoder
-from qstar_jax.sampling.decode import StopRule
 from qstar_jax.sampling.logits import SamplingConfig
 from qstar_jax.sampling.states import append_tokens, pad_states
 from qstar_jax.search.baselines import (aggregate, best_of_n, majority_vote,
@@ -17,12 +16,10 @@ VOCAB, END, DELIM = 40, 2, (5, 6)
 
 
 @pytest.fixture(scope="module")
-def setup(random_critic):
+def setup(random_critic, token_stop_rule):
     policy = init_decoder(tiny(vocab_size=VOCAB, num_layers=2), seed=0)
     critic = random_critic(VOCAB, 3)
-    stop = StopRule(jnp.zeros(VOCAB, bool).at[jnp.asarray(DELIM)].set(True),
-                    jnp.zeros(VOCAB, bool).at[END].set(True),
-                    jnp.zeros(VOCAB, bool))
+    stop = token_stop_rule(VOCAB, END, DELIM)
     rng = np.random.default_rng(0)
     rows = [rng.integers(7, VOCAB, n).tolist() for n in (6, 3, 5)]
     tokens, lengths = pad_states(rows, width=6)

@@ -5,32 +5,23 @@ each child in its own critic pass and sorts candidates with Python.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qstar_jax.models.config import tiny
 from qstar_jax.models.critic import last_token_scores
-from qstar_jax.models.decoder import init_decoder
-from qstar_jax.sampling.decode import StopRule
 from qstar_jax.sampling.logits import SamplingConfig
 from qstar_jax.sampling.proposer import ProposerConfig, propose_steps
 from qstar_jax.sampling.states import pad_states
 from qstar_jax.search.beam import BeamConfig, beam_search
-from qstar_jax.search.qstar import QStarModels
 
 VOCAB, END, DELIM = 40, 2, (5, 6, 7, 8)
 WORST = -1e30
 
 
 @pytest.fixture(scope="module")
-def setup(random_critic):
-    models = QStarModels(
-        policy=init_decoder(tiny(vocab_size=VOCAB, num_layers=2), seed=0),
-        prm=random_critic(VOCAB, 1), qvm=random_critic(VOCAB, 2))
-    stop = StopRule(jnp.zeros(VOCAB, bool).at[jnp.asarray(DELIM)].set(True),
-                    jnp.zeros(VOCAB, bool).at[END].set(True),
-                    jnp.zeros(VOCAB, bool))
+def setup(random_qstar_models, token_stop_rule):
+    models = random_qstar_models(VOCAB)
+    stop = token_stop_rule(VOCAB, END, DELIM)
     rows = [[10, 11, 12], [20, 21]]
     return models, stop, rows
 

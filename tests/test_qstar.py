@@ -5,15 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qstar_jax.models.config import tiny
 from qstar_jax.models.critic import last_token_scores
-from qstar_jax.models.decoder import init_decoder
-from qstar_jax.sampling.decode import StopRule
 from qstar_jax.sampling.logits import SamplingConfig
 from qstar_jax.sampling.proposer import ProposerConfig, propose_steps
 from qstar_jax.sampling.states import pad_states
 from qstar_jax.search.astar import AStarConfig
-from qstar_jax.search.qstar import (QStarConfig, QStarModels, expand_nodes,
+from qstar_jax.search.qstar import (QStarConfig, expand_nodes,
                                     lookahead_values, qstar_search)
 from qstar_jax.search.tree import init_tree, trajectory_steps
 
@@ -21,13 +18,9 @@ VOCAB, END, DELIM = 40, 2, (5, 6, 7)
 
 
 @pytest.fixture(scope="module")
-def setup(random_critic):
-    models = QStarModels(
-        policy=init_decoder(tiny(vocab_size=VOCAB, num_layers=2), seed=0),
-        prm=random_critic(VOCAB, 1), qvm=random_critic(VOCAB, 2))
-    stop = StopRule(jnp.zeros(VOCAB, bool).at[jnp.asarray(DELIM)].set(True),
-                    jnp.zeros(VOCAB, bool).at[END].set(True),
-                    jnp.zeros(VOCAB, bool))
+def setup(random_qstar_models, token_stop_rule):
+    models = random_qstar_models(VOCAB)
+    stop = token_stop_rule(VOCAB, END, DELIM)
     rng = np.random.default_rng(0)
     rows = [rng.integers(8, VOCAB, n).tolist() for n in (5, 3, 4)]
     prompts = pad_states(rows, width=5)
