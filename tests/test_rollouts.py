@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from qstar_jax.learning import completions as C
 from qstar_jax.learning import rollout_data, rollout_store
 from qstar_jax.learning import rollouts as R
 from qstar_jax.sampling.logits import SamplingConfig
@@ -284,7 +285,7 @@ def test_completion_returns_grade_the_decoded_text(policy, collected):
     ds, _ = collected
     kwargs = dict(num_completions=2, sampling=SamplingConfig(temperature=1.5),
                   max_tokens=64, batch_size=16, seed=1)
-    returns, valid = R.completion_returns(model, tok, task, ds,
+    returns, valid = C.completion_returns(model, tok, task, ds,
                                           progress=False, **kwargs)
     assert returns.shape == valid.shape == (6, 10, 2)
     assert returns.dtype == np.float32 and valid.dtype == bool
@@ -294,7 +295,7 @@ def test_completion_returns_grade_the_decoded_text(policy, collected):
     stop = R.default_stop_rule(tok, task)
     problems = task.problems("train")
     seen = 0
-    for batch in R.iter_completions(model, ds, stop, progress=False,
+    for batch in C.iter_completions(model, ds, stop, progress=False,
                                     **kwargs):
         for i, (r, t) in enumerate(zip(batch.rollout, batch.step)):
             for c in range(2):
@@ -350,7 +351,7 @@ def test_stronger_solver_returns_on_handmade_rollouts(policy):
         "\n".join(gold[:1] + [wrong]),            # Wrong value, truncated.
         "\n".join(gold[:2] + ["I am lost"]),      # Unparseable, truncated.
     ])
-    returns, valid = R.stronger_solver_returns(task, tok, ds)
+    returns, valid = C.stronger_solver_returns(task, tok, ds)
     assert returns.shape == valid.shape == (3, 8)
     np.testing.assert_array_equal(valid, ds.open_mask())
     n = len(gold)

@@ -1,6 +1,8 @@
 """Learning: rollout datasets, Q-value and PRM labels, critic training and
 metrics, human step labels."""
 
+from qstar_jax.learning.completions import (completion_returns,
+                                            stronger_solver_returns)
 from qstar_jax.learning.critic_training import (FqiConfig, critic_arrays,
                                                 critic_loss,
                                                 fitted_q_iteration,
@@ -17,11 +19,12 @@ from qstar_jax.learning.prm800k import (Prm800kExample, Prm800kFormatError,
                                         step_labels)
 from qstar_jax.learning.rollouts import (RolloutConfig, RolloutDataset,
                                          RolloutStoreError, collect_rollouts,
-                                         completion_returns, load_rollouts,
-                                         save_rollouts,
-                                         stronger_solver_returns, transitions)
+                                         load_rollouts, save_rollouts,
+                                         transitions)
 
 __all__ = [
+    # completions
+    "completion_returns", "stronger_solver_returns",
     # critic_training
     "FqiConfig", "critic_arrays", "critic_loss", "fitted_q_iteration",
     "next_q_values", "step_scores", "transition_arrays",
@@ -36,6 +39,5 @@ __all__ = [
     "step_labels",
     # rollouts
     "RolloutConfig", "RolloutDataset", "RolloutStoreError",
-    "collect_rollouts", "completion_returns", "load_rollouts",
-    "save_rollouts", "stronger_solver_returns", "transitions",
+    "collect_rollouts", "load_rollouts", "save_rollouts", "transitions",
 ]
