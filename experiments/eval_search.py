@@ -2,7 +2,8 @@
 
 Reads the critics of `train_critics.py` (--run-dir) and searches the first
 --problems test problems (none of them seen in training, none used for the
-critics' held-out metrics) with
+critics' held-out metrics; `--split train --offset F` picks unseen training
+problems instead, a validation set) with
 
   * greedy step decoding of the policy;
   * best-of-N: N solutions sampled once (temperature 0.9) and reranked by
@@ -108,12 +109,12 @@ def best_of_n_rows(policy, critics, tokenizer, task, problems, tokens,
 
 
 def qstar_row(policy, prm, qvm, tokenizer, task, problems, tokens, lengths,
-              stop, args) -> dict:
-    """Q* with the PRM for g and one QVM for h."""
+              stop, args, lam: float) -> dict:
+    """Q* with the PRM for g and one QVM for h, f = g + lam * h."""
     config = QStarConfig(
         search=AStarConfig(num_nodes=args.num_nodes,
                            max_expansions=args.max_expansions,
-                           num_trajectories=1, lam=args.lam,
+                           num_trajectories=1, lam=lam,
                            aggregation="min", heuristic="edge"),
         proposer=ProposerConfig(num_steps=args.k, num_samples=args.m,
                                 max_step_tokens=12,
@@ -165,13 +166,21 @@ def main():
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--problems", type=int, default=512)
+    parser.add_argument("--split", default="test", choices=("test", "train"),
+                        help="'train' with an --offset past the critics' "
+                             "training problems gives a validation set "
+                             "(for choosing lambda)")
+    parser.add_argument("--offset", type=int, default=0,
+                        help="first problem of the split")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--n", type=int, nargs="+", default=[8, 16],
                         help="best-of-N sample counts")
     parser.add_argument("--k", type=int, default=4, help="Q* top-K steps")
     parser.add_argument("--m", type=int, default=8,
                         help="Q* samples per expansion")
-    parser.add_argument("--lam", type=float, default=1.0)
+    parser.add_argument("--lam", type=float, nargs="+", default=[1.0],
+                        help="lambda of f = g + lambda * h; several values "
+                             "give one row each (a sweep)")
     parser.add_argument("--num-nodes", type=int, default=64)
     parser.add_argument("--max-expansions", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -184,7 +193,8 @@ def main():
         parser.error("--problems must be a multiple of --batch")
     policy, tokenizer, task_config = load_tiny_policy()
     task = ArithChain(task_config)
-    problems = list(task.problems("test"))[:args.problems]
+    problems = list(task.problems(args.split))[
+        args.offset:args.offset + args.problems]
     tokens, lengths = encode_prompts(tokenizer, task, problems, width=96)
     stop = stop_rule(tokenizer)
     critics = {name: load_critic(policy, args.run_dir, name)
@@ -197,17 +207,21 @@ def main():
         # replace theirs (every row is deterministic given the seed).
         with open(args.out) as f:
             earlier = json.load(f)
-        if (earlier["problems"], earlier["args"]["seed"]) == (args.problems,
-                                                               args.seed):
+        same = ("problems", "seed", "split", "offset")
+        if all(earlier["args"].get(k, v) == v for k, v in
+               ((k, getattr(args, k)) for k in same)):
             rows = earlier["rows"]
     if not args.skip_baselines:
         rows.update(baseline_rows(policy, critics, tokenizer, task,
                                   problems, tokens, lengths, stop, args))
     for name in args.qvms:
-        rows[f"Q* (PRM + {name})"] = qstar_row(
-            policy, critics["prm"], critics[name], tokenizer, task,
-            problems, tokens, lengths, stop, args)
-        print(name, rows[f"Q* (PRM + {name})"], flush=True)
+        for lam in args.lam:
+            row = (f"Q* (PRM + {name})" if len(args.lam) == 1 else
+                   f"Q* (PRM + {name}, lambda={lam:g})")
+            rows[row] = {**qstar_row(
+                policy, critics["prm"], critics[name], tokenizer, task,
+                problems, tokens, lengths, stop, args, lam), "lambda": lam}
+            print(row, rows[row], flush=True)
     result = {"problems": args.problems, "args": vars(args), "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

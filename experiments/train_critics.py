@@ -4,8 +4,10 @@ Stages (each saved under --run-dir and skipped when already there, so a
 killed run resumes where it stopped):
 
   1. rollouts: M solutions per training problem from the frozen tiny policy
-     (temperature 0.9), split into steps and graded, with the policy's top-K
-     candidate steps after every step (for the Bellman targets);
+     (temperature 0.9), split into steps and graded; the first
+     --fqi-problems problems again with the policy's top-K candidate steps
+     after every step (for the Bellman targets; candidates cost a proposer
+     call per state, so FQI trains on this smaller set);
   2. completions: C policy completions from every intermediate state (the
      rollout pool: best-of-pool Q labels and Monte Carlo PRM labels), and
      the stronger solver's completion (`ArithChain.continue_written`);
@@ -13,15 +15,15 @@ killed run resumes where it stopped):
      with a zero head:
        prm          BCE on soft Monte Carlo labels (share of correct
                     completions from the state after the step);
-     (prm and the two directly labelled QVMs keep the epoch with the best
-     validation AUC: early stopping);
        qvm_pool     MSE on best-of-pool labels;
        qvm_stronger MSE on the stronger solver's returns;
        qvm_fqi      fitted Q-iteration (MSE on Bellman targets over the
                     stored candidates, L rounds);
+     prm and the two directly labelled QVMs are evaluated every half epoch
+     and keep the parameters with the best validation AUC (early stopping);
   4. metrics on held-out rollouts (test problems) of every critic against
      the gold event "every step so far is correct" (accuracy, AUC, ECE,
-     precision, recall: AlphaLLM's Table 8 metrics), per epoch during
+     precision, recall: AlphaLLM's Table 8 metrics), during
      training (on half of the held-out rollouts, the validation half, in
      each critic's log) and at the end (on the other half, metrics.json);
      for QVMs also the AUC of the last step's Q against the rollout's
@@ -75,21 +77,29 @@ def load_critic(policy, run_dir: str, name: str) -> Critic:
 
 
 def stage_rollouts(args, policy, tokenizer, task):
+    """Training rollouts (no candidates), the FQI rollouts (the first
+    --fqi-problems training problems, with the policy's top-K candidates
+    after every step) and the held-out test rollouts."""
     config = RolloutConfig(
         num_rollouts=args.rollouts, sampling=SamplingConfig(temperature=0.9),
         max_tokens=96, prompt_width=96, max_steps=8,
         num_candidates=args.candidates, candidate_samples=2 * args.candidates,
         max_step_tokens=12, batch_size=16, state_batch_size=128,
         seed=args.seed)
-    train_ds = collect_rollouts(
-        policy, tokenizer, task, np.arange(args.train_problems), config,
-        split="train", out_dir=os.path.join(args.run_dir, "rollouts_train"))
-    test_cfg = RolloutConfig(**{**vars(config), "num_candidates": 0})
-    test_ds = collect_rollouts(
-        policy, tokenizer, task,
-        np.arange(args.test_problems) + args.eval_offset, test_cfg,
-        split="test", out_dir=os.path.join(args.run_dir, "rollouts_test"))
-    return train_ds, test_ds
+    plain = RolloutConfig(**{**vars(config), "num_candidates": 0})
+
+    def collect(config, indices, split, name):
+        return collect_rollouts(policy, tokenizer, task, indices, config,
+                                split=split,
+                                out_dir=os.path.join(args.run_dir, name))
+
+    train_ds = collect(plain, np.arange(args.train_problems), "train",
+                       "rollouts_train")
+    fqi_ds = collect(config, np.arange(args.fqi_problems), "train",
+                     "rollouts_fqi")
+    test_ds = collect(plain, np.arange(args.test_problems) + args.eval_offset,
+                      "test", "rollouts_test")
+    return train_ds, fqi_ds, test_ds
 
 
 def stage_completions(args, policy, tokenizer, task, ds):
@@ -165,19 +175,19 @@ def best_step(log_path: str) -> tuple[int, float]:
     return -neg_step, auc
 
 
-def stage_train(args, name, policy, ds, lab, eval_ds):
+def stage_train(args, name, policy, ds, lab, eval_ds, fqi_ds):
     path = critic_path(args.run_dir, name)
     critic = new_critic(policy)
     if os.path.exists(path):
         return load_params_into(critic, path)
     ckpt = os.path.join(args.run_dir, name, "checkpoints")
-    epoch = max(1, len(ds.tokens) // args.batch_size)
-    tokens = ds.tokens[:, :int(ds.lengths.max())]   # No all-padding columns.
 
     def eval_fn(model):
         return held_out_metrics(model, eval_ds, logits=name == "prm")
 
     if name == "qvm_fqi":
+        ds = fqi_ds
+        tokens = ds.tokens[:, :int(ds.lengths.max())]  # No padding columns.
         reward, terminal, mask = transition_arrays(ds)
         data = critic_arrays(tokens, ds.lengths, ds.step_ends,
                              np.zeros(mask.shape), mask)
@@ -189,15 +199,19 @@ def stage_train(args, name, policy, ds, lab, eval_ds):
                       score_batch=32), checkpoint_dir=ckpt,
             eval_fn=eval_fn)
     else:
+        tokens = ds.tokens[:, :int(ds.lengths.max())]
+        epoch = max(1, len(ds.tokens) // args.batch_size)
         targets, mask = lab[name]
         data = critic_arrays(tokens, ds.lengths, ds.step_ends, targets,
                              mask)
         kind = "bce" if name == "prm" else "mse"
-        config = train_config(args, args.steps, every=epoch)
+        # Evaluated (and checkpointed) every half epoch.
+        every = max(1, epoch // 2)
+        config = train_config(args, round(args.epochs * epoch), every=every)
         log = os.path.join(args.run_dir, name, "log.jsonl")
         result = train(critic, data, critic_loss(kind), config,
                        checkpoint_dir=ckpt, resume=True, eval_fn=eval_fn,
-                       eval_every=epoch, log_path=log)
+                       eval_every=every, log_path=log)
         # Early stopping: keep the epoch with the best validation AUC.
         step, auc = best_step(log)
         restore_params(critic, ckpt, step, config)
@@ -229,19 +243,22 @@ def evaluate(critics: dict, ds) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--train-problems", type=int, default=384)
+    parser.add_argument("--train-problems", type=int, default=3072)
+    parser.add_argument("--fqi-problems", type=int, default=384,
+                        help="the first F training problems also get "
+                             "candidate steps; FQI trains on their rollouts")
     parser.add_argument("--test-problems", type=int, default=128,
                         help="held-out problems for critic metrics (after "
                              "the search evaluation's problems)")
     parser.add_argument("--eval-offset", type=int, default=1000)
     parser.add_argument("--rollouts", type=int, default=4)
     parser.add_argument("--candidates", type=int, default=4)
-    parser.add_argument("--completions", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=480)
+    parser.add_argument("--completions", type=int, default=2)
+    parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--fqi-rounds", type=int, default=7)
     parser.add_argument("--fqi-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=list(CRITICS))
     args = parser.parse_args()
@@ -250,11 +267,14 @@ def main():
         json.dump(vars(args), f, indent=1)
     policy, tokenizer, task_config = load_tiny_policy()
     task = ArithChain(task_config)
-    train_ds, test_ds = stage_rollouts(args, policy, tokenizer, task)
+    if args.fqi_problems > args.train_problems:
+        parser.error("--fqi-problems must be <= --train-problems")
+    train_ds, fqi_ds, test_ds = stage_rollouts(args, policy, tokenizer, task)
     comp = stage_completions(args, policy, tokenizer, task, train_ds)
     lab = labels(train_ds, comp)
     stats = {"train_rollouts": int(len(train_ds.tokens)),
              "train_transitions": int(train_ds.step_mask().sum()),
+             "fqi_rollouts": int(len(fqi_ds.tokens)),
              "train_outcome_rate": float(train_ds.outcome.mean()),
              "test_rollouts": int(len(test_ds.tokens)),
              "test_outcome_rate": float(test_ds.outcome.mean()),
@@ -266,8 +286,8 @@ def main():
     half = len(test_ds.tokens) // 2
     eval_ds = test_ds.select(np.arange(half))
     report_ds = test_ds.select(np.arange(half, len(test_ds.tokens)))
-    critics = {name: stage_train(args, name, policy, train_ds, lab, eval_ds)
-               for name in args.only}
+    critics = {name: stage_train(args, name, policy, train_ds, lab, eval_ds,
+                                 fqi_ds) for name in args.only}
     metrics = evaluate(critics, report_ds)
     with open(os.path.join(args.run_dir, "metrics.json"), "w") as f:
         json.dump({"data": stats, "critics": metrics}, f, indent=1,
