@@ -10,15 +10,17 @@ problems instead, a validation set) with
     the PRM (min over steps), by each QVM (Q of the last step), and by
     majority vote over their answers;
   * Q*: A* with g = min of PRM step scores (probabilities), h = each QVM,
-    f = g + lambda * h, top-K steps per expansion.
+    f = g + lambda * h, the top-K distinct steps of M samples per expansion
+    (proposer temperature --temperature).
 
 Every row reports answer accuracy and generated tokens per problem (every
 sampled token counts, discarded samples included). Writes JSON (--out) and
 prints a Markdown table.
 
-Usage:
+Usage (the README's table; temperature and lambda chosen on the
+validation set `--split train --offset 100000 --problems 128`):
   python experiments/eval_search.py --run-dir runs/critics \
-      --out experiments/results/eval_search.json
+      --out experiments/results/eval_search.json --temperature 0.3
 """
 
 from __future__ import annotations
@@ -118,7 +120,8 @@ def qstar_row(policy, prm, qvm, tokenizer, task, problems, tokens, lengths,
                            aggregation="min", heuristic="edge"),
         proposer=ProposerConfig(num_steps=args.k, num_samples=args.m,
                                 max_step_tokens=12,
-                                sampling=SamplingConfig(temperature=1.0)),
+                                sampling=SamplingConfig(
+                                    temperature=args.temperature)),
         state_width=160)
     models = QStarModels(policy=policy, prm=prm, qvm=qvm)
     search = jax.jit(qstar_search, static_argnames="config")
@@ -178,6 +181,9 @@ def main():
     parser.add_argument("--k", type=int, default=4, help="Q* top-K steps")
     parser.add_argument("--m", type=int, default=8,
                         help="Q* samples per expansion")
+    parser.add_argument("--temperature", type=float, default=0.3,
+                        help="sampling temperature of Q*'s proposer (0.3: "
+                             "the best on the validation set)")
     parser.add_argument("--lam", type=float, nargs="+", default=[1.0],
                         help="lambda of f = g + lambda * h; several values "
                              "give one row each (a sweep)")

@@ -272,6 +272,7 @@ def main():
     train_ds, fqi_ds, test_ds = stage_rollouts(args, policy, tokenizer, task)
     comp = stage_completions(args, policy, tokenizer, task, train_ds)
     lab = labels(train_ds, comp)
+    gold = prefix_correct(train_ds).astype(np.float32)
     stats = {"train_rollouts": int(len(train_ds.tokens)),
              "train_transitions": int(train_ds.step_mask().sum()),
              "fqi_rollouts": int(len(fqi_ds.tokens)),
@@ -279,7 +280,11 @@ def main():
              "test_rollouts": int(len(test_ds.tokens)),
              "test_outcome_rate": float(test_ds.outcome.mean()),
              "label_means": {k: float(v[0][v[1]].mean())
-                             for k, v in lab.items()}}
+                             for k, v in lab.items()},
+             # How well each label itself ranks the gold event (its noise).
+             "label_auc_vs_prefix_correct": {
+                 k: binary_metrics(v[0][v[1]], gold[v[1]])["auc"]
+                 for k, v in lab.items()}}
     print(json.dumps(stats, indent=1), flush=True)
     # Held-out rollouts: the first half validates (per-epoch metrics and
     # early stopping), the second half gives the reported metrics.

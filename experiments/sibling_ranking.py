@@ -1,0 +1,113 @@
+"""How well the critics rank sibling steps: the choice Q* makes at every node.
+
+Held-out metrics such as AUC pool every step of every problem, so they reward
+telling an early step of an easy problem from a late step of a hard one. A
+search instead picks among the K candidate next steps of one state. This
+script collects rollouts with the policy's top-K candidates after every step
+on held-out test problems (after the search evaluation's problems), labels
+each candidate with the stronger solver (is the answer right when the
+written values are continued correctly), and reports for the policy's
+log-probability and for every critic of `train_critics.py` the pairwise
+accuracy P(score(right candidate) > score(wrong sibling)) over every state
+with both (ties count 1/2; 0.5 is chance).
+
+Usage:
+  python experiments/sibling_ranking.py --run-dir runs/critics \
+      --out experiments/results/sibling_ranking.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from qstar_jax.learning import (RolloutConfig, collect_rollouts,
+                                next_q_values)
+from qstar_jax.sampling.logits import SamplingConfig
+from qstar_jax.tasks.arithchain import ArithChain
+from qstar_jax.tasks.tiny_policy import load_tiny_policy
+
+from train_critics import CRITICS, load_critic
+
+
+def candidate_labels(task, tokenizer, ds) -> np.ndarray:
+    """[R, S, K] float: 1 if the stronger solver completes [s_{t+1}; a']
+    to the right answer, 0 if not, NaN where the candidate is not valid."""
+    problems = task.problems(ds.split)
+    delim = task.step_delimiter
+    labels = np.full(ds.cand_valid.shape, np.nan)
+    for r, t, k in zip(*np.nonzero(ds.cand_valid)):
+        problem = problems[int(ds.problem_index[r])]
+        step = ds.cand_tokens[r, t, k, :ds.cand_lengths[r, t, k]]
+        prefix = tokenizer.decode(np.concatenate([ds.solution_ids(r, t),
+                                                  step]).tolist())
+        rest = task.continue_written(problem, prefix)
+        if rest:
+            sep = "" if prefix.endswith(delim) else delim
+            prefix = prefix + sep + delim.join(rest)
+        labels[r, t, k] = task.reward(problem, prefix)
+    return labels
+
+
+def pairwise_accuracy(scores: np.ndarray, labels: np.ndarray
+                      ) -> tuple[float, int]:
+    """(P(score of a right candidate > score of a wrong sibling), pairs),
+    ties 1/2, over every state holding both. scores, labels: [R, S, K]."""
+    right = labels == 1.0
+    wrong = labels == 0.0
+    # [R, S, K, K]: pair (right k, wrong k') of the same state.
+    pairs = right[..., :, None] & wrong[..., None, :]
+    with np.errstate(invalid="ignore"):   # -inf - -inf off the pairs.
+        diff = scores[..., :, None] - scores[..., None, :]
+    wins = np.where(pairs, (diff > 0) + 0.5 * (diff == 0), 0.0).sum()
+    count = int(pairs.sum())
+    return float(wins / max(count, 1)), count
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--problems", type=int, default=64)
+    parser.add_argument("--offset", type=int, default=1200,
+                        help="first test problem (after the search "
+                             "evaluation's and the critics' held-out ones)")
+    parser.add_argument("--rollouts", type=int, default=4)
+    parser.add_argument("--candidates", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    policy, tokenizer, task_config = load_tiny_policy()
+    task = ArithChain(task_config)
+    config = RolloutConfig(
+        num_rollouts=args.rollouts, sampling=SamplingConfig(temperature=0.9),
+        max_tokens=96, prompt_width=96, max_steps=8,
+        num_candidates=args.candidates, candidate_samples=2 * args.candidates,
+        max_step_tokens=12, batch_size=16, state_batch_size=128,
+        seed=args.seed)
+    ds = collect_rollouts(policy, tokenizer, task,
+                          np.arange(args.problems) + args.offset, config,
+                          split="test", out_dir=os.path.join(
+                              args.run_dir, "rollouts_siblings"))
+    labels = candidate_labels(task, tokenizer, ds)
+    scores = {"policy log-probability": ds.cand_log_probs}
+    for name in CRITICS:
+        scores[name] = next_q_values(
+            load_critic(policy, args.run_dir, name), ds.tokens, ds.lengths,
+            ds.step_ends, ds.cand_tokens, ds.cand_lengths, progress=False)
+    rows = {}
+    for name, score in scores.items():
+        acc, pairs = pairwise_accuracy(score, labels)
+        rows[name] = {"pairwise_accuracy": acc, "pairs": pairs}
+        print(f"{name}: {acc:.3f} over {pairs} pairs", flush=True)
+    result = {"args": vars(args), "candidates": int(np.isfinite(labels).sum()),
+              "right_share": float(np.nanmean(labels)), "rows": rows}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
