@@ -172,7 +172,7 @@ def main():
     parser.add_argument("--split", default="test", choices=("test", "train"),
                         help="'train' with an --offset past the critics' "
                              "training problems gives a validation set "
-                             "(for choosing lambda)")
+                             "(for choosing lambda and the temperature)")
     parser.add_argument("--offset", type=int, default=0,
                         help="first problem of the split")
     parser.add_argument("--batch", type=int, default=64)

@@ -24,13 +24,11 @@ import os
 
 import numpy as np
 
-from qstar_jax.learning import (RolloutConfig, collect_rollouts,
-                                next_q_values)
-from qstar_jax.sampling.logits import SamplingConfig
+from qstar_jax.learning import collect_rollouts, next_q_values
 from qstar_jax.tasks.arithchain import ArithChain
 from qstar_jax.tasks.tiny_policy import load_tiny_policy
 
-from train_critics import CRITICS, load_critic
+from train_critics import CRITICS, load_critic, rollout_config
 
 
 def candidate_labels(task, tokenizer, ds) -> np.ndarray:
@@ -81,14 +79,9 @@ def main():
     args = parser.parse_args()
     policy, tokenizer, task_config = load_tiny_policy()
     task = ArithChain(task_config)
-    config = RolloutConfig(
-        num_rollouts=args.rollouts, sampling=SamplingConfig(temperature=0.9),
-        max_tokens=96, prompt_width=96, max_steps=8,
-        num_candidates=args.candidates, candidate_samples=2 * args.candidates,
-        max_step_tokens=12, batch_size=16, state_batch_size=128,
-        seed=args.seed)
     ds = collect_rollouts(policy, tokenizer, task,
-                          np.arange(args.problems) + args.offset, config,
+                          np.arange(args.problems) + args.offset,
+                          rollout_config(args),
                           split="test", out_dir=os.path.join(
                               args.run_dir, "rollouts_siblings"))
     labels = candidate_labels(task, tokenizer, ds)

@@ -76,16 +76,23 @@ def load_critic(policy, run_dir: str, name: str) -> Critic:
     return critic
 
 
-def stage_rollouts(args, policy, tokenizer, task):
-    """Training rollouts (no candidates), the FQI rollouts (the first
-    --fqi-problems training problems, with the policy's top-K candidates
-    after every step) and the held-out test rollouts."""
-    config = RolloutConfig(
+def rollout_config(args) -> RolloutConfig:
+    """The experiment's rollouts: args.rollouts per problem at temperature
+    0.9, with args.candidates top-K candidate steps from twice as many
+    samples after every step, keyed by args.seed."""
+    return RolloutConfig(
         num_rollouts=args.rollouts, sampling=SamplingConfig(temperature=0.9),
         max_tokens=96, prompt_width=96, max_steps=8,
         num_candidates=args.candidates, candidate_samples=2 * args.candidates,
         max_step_tokens=12, batch_size=16, state_batch_size=128,
         seed=args.seed)
+
+
+def stage_rollouts(args, policy, tokenizer, task):
+    """Training rollouts (no candidates), the FQI rollouts (the first
+    --fqi-problems training problems, with the policy's top-K candidates
+    after every step) and the held-out test rollouts."""
+    config = rollout_config(args)
     plain = RolloutConfig(**{**vars(config), "num_candidates": 0})
 
     def collect(config, indices, split, name):
@@ -212,7 +219,7 @@ def stage_train(args, name, policy, ds, lab, eval_ds, fqi_ds):
         result = train(critic, data, critic_loss(kind), config,
                        checkpoint_dir=ckpt, resume=True, eval_fn=eval_fn,
                        eval_every=every, log_path=log)
-        # Early stopping: keep the epoch with the best validation AUC.
+        # Early stopping: keep the evaluation with the best validation AUC.
         step, auc = best_step(log)
         restore_params(critic, ckpt, step, config)
         history = result.history + [{"selected_step": step,
@@ -262,13 +269,13 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=list(CRITICS))
     args = parser.parse_args()
+    if args.fqi_problems > args.train_problems:
+        parser.error("--fqi-problems must be <= --train-problems")
     os.makedirs(args.run_dir, exist_ok=True)
     with open(os.path.join(args.run_dir, "args.json"), "w") as f:
         json.dump(vars(args), f, indent=1)
     policy, tokenizer, task_config = load_tiny_policy()
     task = ArithChain(task_config)
-    if args.fqi_problems > args.train_problems:
-        parser.error("--fqi-problems must be <= --train-problems")
     train_ds, fqi_ds, test_ds = stage_rollouts(args, policy, tokenizer, task)
     comp = stage_completions(args, policy, tokenizer, task, train_ds)
     lab = labels(train_ds, comp)
@@ -286,7 +293,7 @@ def main():
                  k: binary_metrics(v[0][v[1]], gold[v[1]])["auc"]
                  for k, v in lab.items()}}
     print(json.dumps(stats, indent=1), flush=True)
-    # Held-out rollouts: the first half validates (per-epoch metrics and
+    # Held-out rollouts: the first half validates (training-time metrics and
     # early stopping), the second half gives the reported metrics.
     half = len(test_ds.tokens) // 2
     eval_ds = test_ds.select(np.arange(half))
