@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from qstar_jax.learning import collect_rollouts, next_q_values
+from qstar_jax.learning.completions import stronger_solver_reward
 from qstar_jax.tasks.arithchain import ArithChain
 from qstar_jax.tasks.tiny_policy import load_tiny_policy
 
@@ -35,18 +36,13 @@ def candidate_labels(task, tokenizer, ds) -> np.ndarray:
     """[R, S, K] float: 1 if the stronger solver completes [s_{t+1}; a']
     to the right answer, 0 if not, NaN where the candidate is not valid."""
     problems = task.problems(ds.split)
-    delim = task.step_delimiter
     labels = np.full(ds.cand_valid.shape, np.nan)
     for r, t, k in zip(*np.nonzero(ds.cand_valid)):
-        problem = problems[int(ds.problem_index[r])]
         step = ds.cand_tokens[r, t, k, :ds.cand_lengths[r, t, k]]
         prefix = tokenizer.decode(np.concatenate([ds.solution_ids(r, t),
                                                   step]).tolist())
-        rest = task.continue_written(problem, prefix)
-        if rest:
-            sep = "" if prefix.endswith(delim) else delim
-            prefix = prefix + sep + delim.join(rest)
-        labels[r, t, k] = task.reward(problem, prefix)
+        labels[r, t, k] = stronger_solver_reward(
+            task, problems[int(ds.problem_index[r])], prefix)
     return labels
 
 

@@ -30,7 +30,8 @@ from qstar_jax.sampling.logits import SamplingConfig
 from qstar_jax.sampling.states import pad_batch
 
 __all__ = ["CompletionBatch", "completion_returns", "completion_text",
-           "iter_completions", "stronger_solver_returns"]
+           "iter_completions", "stronger_solver_returns",
+           "stronger_solver_reward"]
 
 
 class CompletionBatch(NamedTuple):
@@ -153,13 +154,27 @@ def completion_returns(policy: Decoder, tokenizer, task, ds: RolloutDataset,
     return returns, valid
 
 
+def stronger_solver_reward(task, problem, prefix: str) -> float:
+    """task.reward of the solution text `prefix` continued by
+    `task.continue_written` (ArithChain's gold solver that trusts the written
+    values); graded as written when the solver has nothing to add (an answer
+    line is already there, or the last step is not one computation)."""
+    rest = task.continue_written(problem, prefix)
+    if rest:
+        delim = task.step_delimiter
+        sep = "" if prefix.endswith(delim) else delim
+        prefix = prefix + sep + delim.join(rest)
+    return task.reward(problem, prefix)
+
+
 def stronger_solver_returns(task, tokenizer, ds: RolloutDataset
                             ) -> tuple[np.ndarray, np.ndarray]:
     """Outcomes of the gold solver that trusts the written values.
 
     Every open state s_{t+1} is continued by `task.continue_written` (for
-    ArithChain) and graded by task.reward; a state it cannot continue (the
-    last step is not one computation) gets 0. Runs on the host.
+    ArithChain) and graded by task.reward (`stronger_solver_reward`); a
+    state it cannot continue (the last step is not one computation) has no
+    answer line and gets 0. Runs on the host.
 
     Args:
       task: a task with `continue_written` (ArithChain).
@@ -172,13 +187,8 @@ def stronger_solver_returns(task, tokenizer, ds: RolloutDataset
     problems = task.problems(ds.split)
     valid = ds.open_mask()
     returns = np.zeros(valid.shape, np.float32)
-    delim = task.step_delimiter
     for rr, tt in zip(*np.nonzero(valid)):
-        problem = problems[int(ds.problem_index[rr])]
-        prefix = _decode(tokenizer, ds.solution_ids(rr, tt))
-        rest = task.continue_written(problem, prefix)
-        if rest:
-            sep = "" if prefix.endswith(delim) else delim
-            returns[rr, tt] = task.reward(problem,
-                                          prefix + sep + delim.join(rest))
+        returns[rr, tt] = stronger_solver_reward(
+            task, problems[int(ds.problem_index[rr])],
+            _decode(tokenizer, ds.solution_ids(rr, tt)))
     return returns, valid
