@@ -15,6 +15,11 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# train_critics.py on 8 training problems (4 of them for FQI), 4 held out.
+TINY_CRITICS = ("--train-problems", "8", "--fqi-problems", "4",
+                "--test-problems", "4", "--rollouts", "2", "--candidates",
+                "2", "--completions", "1", "--epochs", "2", "--fqi-rounds",
+                "2", "--fqi-steps", "2", "--batch-size", "4")
 
 
 def _run(script: str, *args: str) -> None:
@@ -26,10 +31,7 @@ def _run(script: str, *args: str) -> None:
 @pytest.fixture(scope="module")
 def critics_dir(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("critics"))
-    _run("train_critics.py", "--run-dir", run_dir, "--train-problems", "8",
-         "--fqi-problems", "4", "--test-problems", "4", "--rollouts", "2",
-         "--candidates", "2", "--completions", "1", "--epochs", "2",
-         "--fqi-rounds", "2", "--fqi-steps", "2", "--batch-size", "4")
+    _run("train_critics.py", "--run-dir", run_dir, *TINY_CRITICS)
     return run_dir
 
 
@@ -65,10 +67,7 @@ def test_train_critics_rerun_resumes_every_stage(critics_dir):
     stamps = {name: os.path.getmtime(os.path.join(critics_dir, name,
                                                   "params.safetensors"))
               for name in before["critics"]}
-    _run("train_critics.py", "--run-dir", critics_dir, "--train-problems",
-         "8", "--fqi-problems", "4", "--test-problems", "4", "--rollouts",
-         "2", "--candidates", "2", "--completions", "1", "--epochs", "2",
-         "--fqi-rounds", "2", "--fqi-steps", "2", "--batch-size", "4")
+    _run("train_critics.py", "--run-dir", critics_dir, *TINY_CRITICS)
     after = _metrics(critics_dir)
     for name, stamp in stamps.items():   # No critic was trained again.
         assert os.path.getmtime(os.path.join(

@@ -10,6 +10,6 @@ from qstar_jax.training.trainer import (TrainConfig, TrainResult,
 __all__ = [
     "TrainConfig", "TrainResult", "batch_indices", "bce_loss",
     "learning_rate_schedule", "make_optimizer", "mse_loss",
-    "restore_checkpoint", "restore_params", "save_checkpoint", "sft_arrays", "sft_loss",
-    "train",
+    "restore_checkpoint", "restore_params", "save_checkpoint", "sft_arrays",
+    "sft_loss", "train",
 ]
