@@ -94,13 +94,65 @@ def test_solution_scores_equal_scoring_each_solution_alone(setup, kind, how):
                                        atol=1e-5)
 
 
-def test_best_of_n_picks_the_highest_score(setup):
+def _nan_critic(random_critic, sols):
+    """A critic whose embedding of one token is NaN, and the NaN-free
+    winner of some problem that it turns into a NaN score: the token
+    occurs in exactly one continuation of that problem (not in its
+    prompt), where the critic's ORM score would be the highest."""
+    clean = np.asarray(solution_scores(random_critic(VOCAB, 3), sols,
+                                       kind="orm"))
+    conts = np.asarray(sols.continuations.tokens)
+    lens = np.asarray(sols.continuations.lengths)
+    for b in range(conts.shape[0]):
+        winner = int(np.argmax(clean[b]))
+        prompt = set(np.asarray(sols.tokens[b, 0, :int(
+            sols.prompt_lengths[b])]).tolist())
+        seen = [set(conts[b, n, :lens[b, n]].tolist())
+                for n in range(conts.shape[1])]
+        others = set().union(*(s for n, s in enumerate(seen)
+                               if n != winner))
+        for token in sorted(seen[winner] - others - prompt):
+            critic = random_critic(VOCAB, 3)
+            embed = critic.backbone.embed.embedding
+            embed[...] = embed[...].at[token].set(jnp.nan)
+            return critic, b, winner
+    raise AssertionError("no token singles out a winning solution")
+
+
+@pytest.mark.parametrize("kind,how", [("orm", "min"), ("prm", "sum")])
+def test_best_of_n_picks_the_highest_score(setup, kind, how):
+    """best_of_n's scores are `solution_scores` of the same solutions (the
+    function checked above against scoring each solution alone), and its
+    pick is their NumPy argmax, ties to the lower index."""
     policy, critic, stop, _, tokens, lengths, keys, sols = setup
     again, scores, best = best_of_n(
         policy, critic, tokens, lengths, keys, stop, num_samples=4,
-        max_tokens=12, sampling=SamplingConfig(temperature=1.0), kind="orm")
+        max_tokens=12, sampling=SamplingConfig(temperature=1.0), kind=kind,
+        aggregation=how)
     np.testing.assert_array_equal(again.tokens, sols.tokens)
-    np.testing.assert_array_equal(best, np.argmax(np.asarray(scores), -1))
+    want = np.asarray(solution_scores(critic, sols, kind=kind,
+                                      aggregation=how))
+    assert np.isfinite(want).all()
+    np.testing.assert_array_equal(np.asarray(scores), want)
+    np.testing.assert_array_equal(best, np.argmax(want, -1))
+    assert len(set(np.asarray(best).tolist())) > 1  # Not one fixed index.
+
+
+def test_best_of_n_never_picks_a_nan_score(setup, random_critic):
+    """A NaN score (here: the would-be winner of one problem) ranks below
+    every real score, and is reported as -inf."""
+    policy, _, stop, _, tokens, lengths, keys, sols = setup
+    critic, poisoned, winner = _nan_critic(random_critic, sols)
+    raw = np.asarray(solution_scores(critic, sols, kind="orm"))
+    assert np.isnan(raw[poisoned, winner])
+    assert np.isfinite(raw[poisoned]).sum() >= 1
+    _, scores, best = best_of_n(
+        policy, critic, tokens, lengths, keys, stop, num_samples=4,
+        max_tokens=12, sampling=SamplingConfig(temperature=1.0), kind="orm")
+    ranked = np.where(np.isnan(raw), -np.inf, raw)
+    np.testing.assert_array_equal(np.asarray(scores), ranked)
+    np.testing.assert_array_equal(best, np.argmax(ranked, -1))
+    assert int(best[poisoned]) != winner
 
 
 def test_majority_vote():
