@@ -1,8 +1,10 @@
 """Rollout datasets for training critics (the Q-value model and the PRM).
 
-`collect_rollouts` samples M solutions per problem with the policy, splits
-each into steps and stores, per rollout, the tokens, where every step ends,
-the graded outcome and the gold step labels; with K > 0 also the policy's
+`collect_rollouts` samples M solutions per problem with the policy (or
+writes the task's gold solution M times, `solutions='gold'`: correct states
+to draw candidate steps at), splits each into steps and stores, per
+rollout, the tokens, where every step ends, the graded outcome and the gold
+step labels; with K > 0 also the policy's
 top-K distinct next steps at every state s_{t+1} (the candidates a' of the
 Bellman target max_a' Q(s_{t+1}, a') of fitted Q-iteration). The labels for
 "best of a rollout pool" and "completion by a stronger policy" come from
@@ -59,8 +61,8 @@ from qstar_jax.tasks.tiny_policy import encode_prompts
 __all__ = [
     # collection
     "CANDIDATE_STREAM", "COMPLETION_STREAM", "ROLLOUT_STREAM",
-    "RolloutConfig", "collect_rollouts", "default_stop_rule",
-    "derive_keys",
+    "SOLUTION_SOURCES", "RolloutConfig", "collect_rollouts",
+    "default_stop_rule", "derive_keys", "gold_solution_ids",
     # rollout_data
     "RolloutDataset", "Transitions", "transitions",
     # rollout_store
@@ -69,6 +71,7 @@ __all__ = [
 ]
 
 ROLLOUT_STREAM, CANDIDATE_STREAM, COMPLETION_STREAM = 0, 1, 2
+SOLUTION_SOURCES = ("policy", "gold")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -78,6 +81,10 @@ class RolloutConfig:
     Attributes:
       num_rollouts: M solutions sampled per problem.
       sampling: how solution tokens (and candidate steps) are drawn.
+      solutions: 'policy' (sampled by the policy) or 'gold' (the task's
+        gold solution, `task.format_solution` + eos, written M times: each
+        copy draws its own candidates, so M > 1 gives more candidate steps
+        at the same correct states).
       max_tokens: T_sol, the most solution tokens per rollout.
       prompt_width: P, prompt slots (bos + prompt) per row.
       max_steps: S, the most steps kept per rollout.
@@ -91,6 +98,7 @@ class RolloutConfig:
 
     num_rollouts: int = 8
     sampling: SamplingConfig = SamplingConfig(temperature=0.9)
+    solutions: str = "policy"
     max_tokens: int = 96
     prompt_width: int = 96
     max_steps: int = 12
@@ -108,6 +116,9 @@ class RolloutConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got "
                                  f"{getattr(self, name)}")
+        if self.solutions not in SOLUTION_SOURCES:
+            raise ValueError(f"solutions={self.solutions!r}; use one of "
+                             f"{SOLUTION_SOURCES}")
         if self.num_candidates < 0:
             raise ValueError("num_candidates must be >= 0 (0 disables "
                              f"candidates), got {self.num_candidates}")
@@ -221,6 +232,31 @@ def _state_rows(ds_tokens, ends, pad_id):
     return np.where(keep, ds_tokens, pad_id).astype(np.int32), lengths
 
 
+def gold_solution_ids(tokenizer, task, problems, copies: int,
+                      max_tokens: int, pad_id: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The gold solutions as the policy writes them: `task.format_solution`
+    followed by eos, repeated `copies` times.
+
+    Returns:
+      tokens [N, copies, max_tokens] int32 (pad after) and lengths
+      [N, copies] int32.
+
+    Raises:
+      ValueError: a gold solution is longer than `max_tokens`.
+    """
+    tokens = np.full((len(problems), copies, max_tokens), pad_id, np.int32)
+    lengths = np.zeros((len(problems), copies), np.int32)
+    for i, p in enumerate(problems):
+        ids = tokenizer.encode(task.format_solution(p), add_eos=True)
+        if len(ids) > max_tokens:
+            raise ValueError(f"the gold solution of {p.uid} has {len(ids)} "
+                             f"tokens > max_tokens {max_tokens}")
+        tokens[i, :, :len(ids)] = ids
+        lengths[i] = len(ids)
+    return tokens, lengths
+
+
 def _collect_chunk(policy, tokenizer, task, problems, idx, config, stop,
                    split, pad_id) -> RolloutDataset:
     """The rollouts (and candidates) of one batch of problem indices."""
@@ -229,12 +265,15 @@ def _collect_chunk(policy, tokenizer, task, problems, idx, config, stop,
     chunk = [problems[int(i)] for i in idx]
     prompts, prompt_lens = encode_prompts(tokenizer, task, chunk,
                                           config.prompt_width)
-    keys = derive_keys(config.seed, ROLLOUT_STREAM, pad_batch(idx, b))
-    sol, sol_lens = jax.device_get(_sample(
-        policy, pad_batch(prompts, b), pad_batch(prompt_lens, b), keys,
-        stop,
-        num_samples=m, max_tokens=config.max_tokens,
-        sampling=config.sampling, pad_id=pad_id))
+    if config.solutions == "gold":
+        sol, sol_lens = gold_solution_ids(tokenizer, task, chunk, m,
+                                          config.max_tokens, pad_id)
+    else:
+        keys = derive_keys(config.seed, ROLLOUT_STREAM, pad_batch(idx, b))
+        sol, sol_lens = jax.device_get(_sample(
+            policy, pad_batch(prompts, b), pad_batch(prompt_lens, b), keys,
+            stop, num_samples=m, max_tokens=config.max_tokens,
+            sampling=config.sampling, pad_id=pad_id))
     r, width = len(idx) * m, config.prompt_width + config.max_tokens
     out = dict(problem_index=np.repeat(idx, m).astype(np.int32),
                sample_index=np.tile(np.arange(m, dtype=np.int32), len(idx)),

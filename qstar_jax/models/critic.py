@@ -13,6 +13,16 @@ is read and what it was trained on:
 The backbone is either the critic's own small decoder, or the policy's decoder
 kept frozen (`frozen_backbone=True`: gradients stop at the hidden states and
 only the head trains).
+
+An evidence critic (`evidence=True`) also reads the policy's own signal for a
+step: a second linear head on the step's summed and per-token mean
+log-probability under the policy is added to the score. It scores steps
+given with their log-probabilities (`score_branches(...,
+branch_log_probs=...)`, the candidate steps of a search); calling it on bare
+sequences raises.
+
+Heads start at zero (every score 0 until trained), so an untrained critic
+ties all candidates; tests that need distinct scores randomise the head.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ class Critic(nnx.Module):
     def __init__(self, config: DecoderConfig | None = None, *,
                  backbone: Decoder | None = None,
                  frozen_backbone: bool = False, output: str = "linear",
-                 rngs: nnx.Rngs):
+                 evidence: bool = False, rngs: nnx.Rngs):
         if (config is None) == (backbone is None):
             raise ValueError("give exactly one of config (a new backbone) "
                              "or backbone (an existing decoder)")
@@ -51,6 +61,9 @@ class Critic(nnx.Module):
         width = self.backbone.config.hidden_size
         self.head = nnx.Linear(width, 1, kernel_init=nnx.initializers.zeros,
                                rngs=rngs)
+        self.evidence = (nnx.Linear(EVIDENCE_FEATURES, 1, use_bias=False,
+                                    kernel_init=nnx.initializers.zeros,
+                                    rngs=rngs) if evidence else None)
         self.frozen_backbone = frozen_backbone
         self.output = output
         if output not in OUTPUTS:
@@ -64,14 +77,23 @@ class Critic(nnx.Module):
             hidden = jax.lax.stop_gradient(hidden)
         return hidden, kvs
 
-    def score(self, hidden: jax.Array) -> jax.Array:
+    def score(self, hidden: jax.Array,
+              evidence: jax.Array | None = None) -> jax.Array:
         """Head: [..., D] hidden states -> [...] float32 scores.
 
-        With `output='sigmoid'` the head's logit goes through a sigmoid (a
-        PRM trained with BCE on logits, then searched with probabilities:
-        set `critic.output = 'sigmoid'` after training).
+        Args:
+          hidden: [..., D] backbone hidden states.
+          evidence: [..., EVIDENCE_FEATURES] float32 (`step_evidence`),
+            added through the evidence head (evidence critics only; None
+            adds nothing).
+
+        With `output='sigmoid'` the logit goes through a sigmoid (a PRM
+        trained with BCE on logits, then searched with probabilities: set
+        `critic.output = 'sigmoid'` after training).
         """
         score = self.head(hidden.astype(jnp.float32))[..., 0]
+        if evidence is not None and self.evidence is not None:
+            score = score + self.evidence(evidence)[..., 0]
         return jax.nn.sigmoid(score) if self.output == "sigmoid" else score
 
     def __call__(self, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -84,10 +106,34 @@ class Critic(nnx.Module):
         Returns:
           [N, L] float32; entries at positions >= length are meaningless.
         """
+        if self.evidence is not None:
+            raise ValueError(
+                "an evidence critic scores steps with their policy "
+                "log-probabilities: use score_branches(..., "
+                "branch_log_probs=...)")
         n, l = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (n, l))
         hidden, _ = self.hidden(tokens, positions, causal_attend(lengths))
         return self.score(hidden)
+
+
+EVIDENCE_FEATURES = 2
+"""Features of a step's policy evidence: summed and per-token mean
+log-probability."""
+
+
+def step_evidence(log_probs: jax.Array, lengths: jax.Array) -> jax.Array:
+    """[..., EVIDENCE_FEATURES] float32 evidence features of steps.
+
+    Args:
+      log_probs: [...] summed policy log-probability of each step
+        (non-finite entries, such as missing candidates, give 0).
+      lengths: [...] tokens of each step.
+    """
+    logp = jnp.where(jnp.isfinite(log_probs), log_probs, 0.0).astype(
+        jnp.float32)
+    mean = logp / jnp.maximum(lengths, 1).astype(jnp.float32)
+    return jnp.stack([logp, mean], axis=-1)
 
 
 def scores_at(critic: Critic, tokens: jax.Array, lengths: jax.Array,
@@ -117,7 +163,8 @@ def last_token_scores(critic: Critic, tokens: jax.Array,
 
 def score_branches(critic: Critic, tokens: jax.Array, lengths: jax.Array,
                    branch_tokens: jax.Array, branch_lengths: jax.Array,
-                   branch_prefix_lengths: jax.Array | None = None
+                   branch_prefix_lengths: jax.Array | None = None, *,
+                   branch_log_probs: jax.Array | None = None
                    ) -> jax.Array:
     """Scores after M short branches that follow each state, in one pass.
 
@@ -138,10 +185,14 @@ def score_branches(critic: Critic, tokens: jax.Array, lengths: jax.Array,
       branch_prefix_lengths: [B, M] state tokens each branch follows (default
         the whole state, `lengths`); with a whole trajectory as the state,
         branches after each of its steps share one encoding.
+      branch_log_probs: [B, M] the policy's summed log-probability of each
+        branch; required by an evidence critic (ignored by others).
 
     Returns:
       [B, M] float32.
     """
+    if critic.evidence is not None and branch_log_probs is None:
+        raise ValueError("an evidence critic needs branch_log_probs")
     b, p = tokens.shape
     _, m, t = branch_tokens.shape
     if branch_prefix_lengths is None:
@@ -156,7 +207,9 @@ def score_branches(critic: Critic, tokens: jax.Array, lengths: jax.Array,
         branch_tokens.reshape(b * m, t), branch_pos,
         branch_attend(prefix, branch_prefix_lengths, m))
     last = jnp.maximum(branch_lengths - 1, 0).reshape(b * m)
-    branch_scores = critic.score(hidden[jnp.arange(b * m), last])
+    evidence = (None if critic.evidence is None else step_evidence(
+        branch_log_probs, branch_lengths).reshape(b * m, -1))
+    branch_scores = critic.score(hidden[jnp.arange(b * m), last], evidence)
     prefix_last = jnp.take_along_axis(
         state_hidden, (branch_prefix_lengths - 1)[..., None], axis=1)
     prefix_scores = critic.score(prefix_last)                     # [B, M]
