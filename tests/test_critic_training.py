@@ -12,7 +12,7 @@ from qstar_jax.learning.labels import fqi_targets_numpy
 from qstar_jax.models.config import tiny
 from qstar_jax.models.critic import Critic, last_token_scores
 from qstar_jax.sampling.states import pad_states
-from qstar_jax.training.trainer import TrainConfig
+from qstar_jax.training.trainer import TrainConfig, train
 
 VOCAB = 40
 
@@ -94,25 +94,56 @@ def _fqi_config(iterations):
                                        checkpoint_every=3, log_every=3))
 
 
+def _scores_at_step_ends(critic, data):
+    """[R, S] the critic's per-token scores read at the step ends (0 where
+    the step does not exist), from one plain forward pass."""
+    per_token = np.asarray(critic(data["tokens"], data["lengths"]))
+    ends = np.maximum(data["step_ends"], 0)
+    scores = np.take_along_axis(per_token, ends, axis=1)
+    return np.where(data["mask"] > 0, scores, 0.0)
+
+
 def test_fqi_rounds_regress_onto_bellman_targets():
-    """Round 1 from a zero head regresses onto the rewards; round 2's
-    targets are the NumPy Bellman targets of round 1's critic."""
+    """Every round regresses onto the whole array of NumPy Bellman targets
+    of the critic it starts from: the critic after the round equals the
+    same regression run by hand on `fqi_targets_numpy`'s targets, and the
+    squared error to those targets falls (full-batch steps at a gentle
+    rate: measured 0.27 -> 0.06 and 0.09 -> 0.03). Round 1 starts from a
+    zero head (Q_0 = 0), so its targets are the rewards."""
     data, cand, cand_len, valid, reward, terminal = _fqi_setup()
-    critic = _critic()
-    hist = fitted_q_iteration(critic, data, cand, cand_len, valid, reward,
-                              terminal, _fqi_config(1), progress=False)
     mask = data["mask"] > 0
-    assert hist[0]["mean_target"] == pytest.approx(reward[mask].mean())
-    next_q = next_q_values(critic, data["tokens"], data["lengths"],
-                           data["step_ends"], cand, cand_len,
-                           batch_size=4, progress=False)
-    want = fqi_targets_numpy(reward.reshape(-1), terminal.reshape(-1),
-                             next_q.reshape(-1, 2), valid.reshape(-1, 2),
-                             0.9)[0].reshape(reward.shape)
-    hist2 = fitted_q_iteration(critic, data, cand, cand_len, valid, reward,
-                               terminal, _fqi_config(1), progress=False)
-    assert hist2[0]["mean_target"] == pytest.approx(want[mask].mean(),
-                                                    rel=1e-6)
+    config = FqiConfig(iterations=1, gamma=0.9, score_batch=4,
+                       train=TrainConfig(learning_rate=1e-3, warmup_steps=1,
+                                         total_steps=6, batch_size=8,
+                                         checkpoint_every=3, log_every=3))
+    critic = _critic()
+    for round_ in (1, 2):
+        next_q = next_q_values(critic, data["tokens"], data["lengths"],
+                               data["step_ends"], cand, cand_len,
+                               batch_size=4, progress=False)
+        want = fqi_targets_numpy(reward.reshape(-1), terminal.reshape(-1),
+                                 next_q.reshape(-1, 2), valid.reshape(-1, 2),
+                                 0.9)[0].reshape(reward.shape)
+        if round_ == 1:
+            np.testing.assert_array_equal(want[mask], reward[mask])
+        else:
+            assert not np.array_equal(want[mask], reward[mask])
+        by_hand = nnx.clone(critic)
+        train(by_hand, dict(data, targets=np.where(mask, want, 0.0)
+                            .astype(np.float32)), critic_loss("mse"),
+              config.train, progress=False)
+        before = _scores_at_step_ends(critic, data)
+        hist = fitted_q_iteration(critic, data, cand, cand_len, valid,
+                                  reward, terminal, config, progress=False)
+        after = _scores_at_step_ends(critic, data)
+        assert hist[0]["mean_target"] == pytest.approx(want[mask].mean(),
+                                                       rel=1e-6)
+        np.testing.assert_array_equal(after, _scores_at_step_ends(by_hand,
+                                                                  data))
+        mse_before = np.mean((before - want)[mask] ** 2)
+        mse_after = np.mean((after - want)[mask] ** 2)
+        assert mse_after < 0.5 * mse_before, (round_, mse_before,
+                                              mse_after)
 
 
 def test_fqi_killed_and_resumed_equals_uninterrupted(tmp_path):
