@@ -106,7 +106,7 @@ def _first_divergence(batched, b: int, ref) -> dict:
     out = {"problem_row": b, "first_different_pop": at,
            "batched_pops": len(pops), "host_pops": len(ref.pop_order)}
     if at < n:
-        f = np.asarray(batched.tree.f[b])
+        f = np.asarray(batched.tree.extra.f[b])
         a, r = int(pops[at]), int(ref.pop_order[at])
         out.update(batched_node=a, host_node=r,
                    batched_f=float(f[a]), host_f=float(ref.f[r]),
@@ -114,9 +114,9 @@ def _first_divergence(batched, b: int, ref) -> dict:
     # Node-for-node comparison of the f values both trees created before
     # the split: the largest difference shows the float noise between the
     # batch shapes.
-    created = min(int(np.sum(np.asarray(batched.tree.status[b]) > 0)),
+    created = min(int(np.sum(np.asarray(batched.tree.extra.status[b]) > 0)),
                   len(ref.f))
-    f_batched = np.asarray(batched.tree.f[b, :created], np.float64)
+    f_batched = np.asarray(batched.tree.extra.f[b, :created], np.float64)
     f_host = np.asarray(ref.f[:created], np.float64)
     same = np.isfinite(f_batched) & np.isfinite(f_host)
     out["max_f_difference_same_slots"] = (

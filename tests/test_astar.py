@@ -22,13 +22,15 @@ from hypothesis import strategies as st
 from qstar_jax.search.astar import (AGGREGATIONS, BUDGET, EXHAUSTED, FULL,
                                     SOLVED, WORST, AStarConfig,
                                     aggregate_reward, astar_search, priority)
+from qstar_jax.search.astar_tree import (CLOSED, FREE, OPEN, add_children,
+                                         best_open_node, init_astar_tree,
+                                         recycle)
 from qstar_jax.search.interfaces import Expansion
 from qstar_jax.search.reference_astar import (aggregate_reward_py,
                                               priority_py, reference_astar)
 from qstar_jax.search.synthetic import SyntheticEnv, TableEnv
-from qstar_jax.search.tree import (CLOSED, FREE, OPEN, Tree, add_children,
-                                   best_open_node, init_tree, path_nodes,
-                                   recycle, state_tokens, trajectory_steps)
+from qstar_jax.search.tree import (Tree, path_nodes, state_tokens,
+                                   trajectory_steps)
 
 NUM_GROUPS = 20
 ROWS_PER_GROUP = 12
@@ -93,10 +95,26 @@ def _assert_row_matches(result, b: int, ref) -> None:
                  "max_depth", "nan_count", "dropped", "recycled"):
         assert int(getattr(stats, name)[b]) == getattr(ref, name), name
     tree = result.tree
-    for name in ("parent", "depth", "terminal", "g", "h", "f", "num_nodes"):
+    for name in ("parent", "action_from_parent", "depth", "terminal",
+                 "num_nodes"):
         assert getattr(tree, name)[b].tolist() == getattr(ref, name), name
-    assert tree.status[b].tolist() == ref.node_status
-    assert np.isfinite(tree.g[b]).all() and np.isfinite(tree.f[b]).all()
+    for name in ("g", "h", "f"):
+        assert getattr(tree.extra, name)[b].tolist() == getattr(ref, name), \
+            name
+    assert tree.extra.status[b].tolist() == ref.node_status
+    assert np.isfinite(tree.extra.g[b]).all()
+    assert np.isfinite(tree.extra.f[b]).all()
+    _assert_children_index_matches_parents(tree, b, ref.node_status)
+
+
+def _assert_children_index_matches_parents(tree, b: int, status) -> None:
+    """children_index of row b lists exactly the non-FREE non-root nodes,
+    each at its parent's edge action_from_parent."""
+    edges = {(int(p), int(c)): int(x) for p in range(tree.capacity)
+             for c, x in enumerate(tree.children_index[b, p]) if x >= 0}
+    nodes = {(int(tree.parent[b, x]), int(tree.action_from_parent[b, x])): x
+             for x in range(1, tree.capacity) if status[x] != FREE}
+    assert edges == nodes
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,7 +195,7 @@ def test_batch_independence_with_key_dependent_model():
         np.testing.assert_array_equal(x, np.asarray(y))
     other = _jitted_search(noisy_expand, config)(
         env.init_tree(roots[3:4], num_nodes=64), keys[2:3])
-    assert not np.array_equal(other.tree.f, alone.tree.f)
+    assert not np.array_equal(other.tree.extra.f, alone.tree.extra.f)
 
 
 def _table_search(env: TableEnv, config: AStarConfig):
@@ -235,7 +253,10 @@ def test_when_full_recycle_frees_lowest_f_highest_index():
     # D takes slot 3 and is popped next.
     assert tree.parent[0].tolist() == [-1, 0, 0, 1]
     assert tree.step_tokens[0, :, 0].tolist() == [0, 1, 2, 4]
-    assert tree.status[0].tolist() == [CLOSED, CLOSED, OPEN, CLOSED]
+    assert tree.extra.status[0].tolist() == [CLOSED, CLOSED, OPEN, CLOSED]
+    # The victim C's edge now leads to nothing; D is A's edge 0.
+    assert tree.children_index[0, 0].tolist() == [1, 2, -1]
+    assert tree.children_index[0, 1].tolist() == [3, -1, -1]
     assert result.pop_order[0, :3].tolist() == [0, 1, 3]
     assert result.trajectories[0].tolist() == [3]
     assert result.stats.recycled[0] == 1 and result.stats.dropped[0] == 0
@@ -244,25 +265,32 @@ def test_when_full_recycle_frees_lowest_f_highest_index():
 
 
 def test_recycle_standalone_resets_victims_and_reuses_their_slots():
-    tree = init_tree(jnp.ones((1, 1), jnp.int32), jnp.ones(1, jnp.int32),
-                     num_nodes=5, max_step_tokens=1)
+    tree = init_astar_tree(jnp.ones((1, 1), jnp.int32),
+                           jnp.ones(1, jnp.int32), num_nodes=5,
+                           max_step_tokens=1, max_children=4)
     four = _expansion(np.arange(4).reshape(1, 4, 1) + 1, np.ones((1, 4)),
                       [[True] * 4])
     f = jnp.asarray([[.5, .25, .25, .75]])
     tree, _ = add_children(tree, jnp.zeros(1, jnp.int32), four, f, f, f,
                            jnp.ones(1, bool))
-    tree = tree.replace(status=tree.status.at[0, 0].set(CLOSED))
+    tree = tree.replace(extra=tree.extra.replace(
+        status=tree.extra.status.at[0, 0].set(CLOSED)))
     tree, freed = recycle(tree, jnp.asarray([2]), max_victims=3)
     assert freed.tolist() == [2]                   # Slots 3, then 2.
-    assert tree.status[0].tolist() == [CLOSED, OPEN, FREE, FREE, OPEN]
+    assert tree.extra.status[0].tolist() == [CLOSED, OPEN, FREE, FREE, OPEN]
     assert tree.parent[0].tolist() == [-1, 0, -1, -1, 0]
-    assert tree.f[0].tolist() == [0, .5, 0, 0, .75]
-    assert tree.num_free.tolist() == [2] and tree.num_nodes.tolist() == [5]
+    assert tree.action_from_parent[0].tolist() == [-1, 0, -1, -1, 3]
+    assert tree.children_index[0, 0].tolist() == [1, -1, -1, 4]
+    assert tree.extra.f[0].tolist() == [0, .5, 0, 0, .75]
+    assert tree.extra.num_free.tolist() == [2]
+    assert tree.num_nodes.tolist() == [5]
     two = _expansion(np.full((1, 2, 1), 9), np.ones((1, 2)), [[True] * 2])
     tree, child = add_children(tree, jnp.asarray([4]), two, f[:, :2],
                                f[:, :2], f[:, :2], jnp.ones(1, bool))
-    assert child.tolist() == [[2, 3]] and tree.num_free.tolist() == [0]
+    assert child.tolist() == [[2, 3]]
+    assert tree.extra.num_free.tolist() == [0]
     assert tree.depth[0].tolist() == [0, 1, 2, 2, 1]
+    assert tree.children_index[0, 4].tolist() == [2, 3, -1, -1]
 
 
 def test_when_full_stop_finishes_row_with_full():
@@ -273,7 +301,8 @@ def test_when_full_stop_finishes_row_with_full():
     assert result.stats.status[0] == FULL
     assert result.stats.dropped[0] == 1 and result.num_found[0] == 0
     assert result.best[0] == -1
-    assert result.tree.status[0].tolist() == [CLOSED, CLOSED, OPEN, OPEN]
+    assert result.tree.extra.status[0].tolist() == [CLOSED, CLOSED, OPEN,
+                                                    OPEN]
     _assert_row_matches(result, 0, reference_astar(env, 0, config))
 
 
@@ -291,8 +320,9 @@ def test_nan_reward_is_counted_ranked_last_and_not_propagated():
     result = _table_search(env, config)
     tree = result.tree
     assert result.stats.nan_count[0] == 1
-    assert tree.f[0, 1] == WORST and tree.g[0, 1] == WORST
-    assert np.isfinite(tree.g).all() and np.isfinite(tree.f).all()
+    assert tree.extra.f[0, 1] == WORST and tree.extra.g[0, 1] == WORST
+    assert np.isfinite(tree.extra.g).all()
+    assert np.isfinite(tree.extra.f).all()
     # Y (slot 2), then Z (slot 3); only then X, and X's child W (slot 4).
     assert result.pop_order[0, :5].tolist() == [0, 2, 3, 1, 4]
     assert result.trajectory_f[0].tolist() == [-.5 + .25, WORST]
@@ -379,8 +409,9 @@ def _expansion(tokens, lengths, valid) -> Expansion:
 def test_state_tokens_and_path_match_python():
     rng = np.random.default_rng(0)
     rows, k, t = 3, 3, 3
-    tree = init_tree(rng.integers(1, 99, (rows, 4)), rng.integers(1, 5, rows),
-                     num_nodes=24, max_step_tokens=t)
+    tree = init_astar_tree(rng.integers(1, 99, (rows, 4)),
+                           rng.integers(1, 5, rows), num_nodes=24,
+                           max_step_tokens=t, max_children=k)
     for _ in range(7):          # Random parents, variable-length steps.
         parent = [rng.integers(0, int(m)) for m in tree.num_nodes]
         expansion = _expansion(rng.integers(100, 999, (rows, k, t)),
@@ -390,7 +421,7 @@ def test_state_tokens_and_path_match_python():
         tree, _ = add_children(tree, jnp.asarray(parent), expansion, zeros,
                                zeros, zeros, jnp.ones(rows, bool))
     host = jax.tree.map(np.asarray, tree)
-    assert (host.status[:, :host.num_nodes.min()] != FREE).all()
+    assert (host.extra.status[:, :host.num_nodes.min()] != FREE).all()
     get_state = jax.jit(state_tokens, static_argnums=2)
     get_path = jax.jit(path_nodes, static_argnums=2)
     overflow = set()
@@ -417,8 +448,9 @@ def test_state_tokens_and_path_match_python():
 
 
 def test_add_children_fills_slots_in_creation_order():
-    tree = init_tree(jnp.ones((2, 1), jnp.int32), jnp.ones(2, jnp.int32),
-                     num_nodes=5, max_step_tokens=1)
+    tree = init_astar_tree(jnp.ones((2, 1), jnp.int32),
+                           jnp.ones(2, jnp.int32), num_nodes=5,
+                           max_step_tokens=1, max_children=3)
     expansion = _expansion(np.arange(6).reshape(2, 3, 1), np.ones((2, 3)),
                            [[True, False, True], [True, True, True]])
     zeros = jnp.zeros((2, 3))
@@ -433,6 +465,8 @@ def test_add_children_fills_slots_in_creation_order():
     tree, child = add_children(tree, jnp.asarray([3, 0]), expansion, zeros,
                                zeros, zeros, jnp.ones(2, bool))
     assert child.tolist() == [[-1, -1, -1], [4, -1, -1]]  # No room left.
+    assert tree.children_index[0, 2].tolist() == [3, -1, 4]
+    assert tree.action_from_parent[0].tolist() == [-1, 0, 2, 0, 2]
 
 
 @pytest.mark.parametrize("block", [1, 8, 128])
@@ -441,10 +475,12 @@ def test_best_open_node_is_largest_f_then_lowest_index(block):
     status = rng.integers(0, 3, (16, 45))
     status[3] = CLOSED                            # A row without OPEN nodes.
     f = rng.integers(-2, 3, (16, 45)) / 2         # Many ties.
-    tree = init_tree(jnp.ones((16, 1), jnp.int32), jnp.ones(16, jnp.int32),
-                     num_nodes=45, max_step_tokens=1)
-    tree = tree.replace(status=jnp.asarray(status, jnp.int32),
-                        f=jnp.asarray(f, jnp.float32))
+    tree = init_astar_tree(jnp.ones((16, 1), jnp.int32),
+                           jnp.ones(16, jnp.int32), num_nodes=45,
+                           max_step_tokens=1, max_children=1)
+    tree = tree.replace(extra=tree.extra.replace(
+        status=jnp.asarray(status, jnp.int32),
+        f=jnp.asarray(f, jnp.float32)))
     node = np.asarray(jax.jit(best_open_node, static_argnums=1)(tree, block))
     for b in range(16):
         if (status[b] == OPEN).any():
@@ -466,6 +502,13 @@ def test_config_validation():
         astar_search(env.expand_fn, env.init_tree([1], num_nodes=8),
                      jax.random.split(jax.random.key(0), 1),
                      config=AStarConfig(num_nodes=16))
+    with pytest.raises(ValueError, match="edges per node"):
+        narrow = env.init_tree([1], num_nodes=16)
+        astar_search(env.expand_fn, narrow.replace(
+            children_index=narrow.children_index[:, :, :1],
+            children_prior_logits=narrow.children_prior_logits[:, :, :1]),
+            jax.random.split(jax.random.key(0), 1),
+            config=AStarConfig(num_nodes=16))
     with pytest.raises(ValueError, match="lookahead_fn"):
         astar_search(env.expand_fn, env.init_tree([1], num_nodes=16),
                      jax.random.split(jax.random.key(0), 1),

@@ -9,9 +9,10 @@ from qstar_jax.models.critic import last_token_scores
 from qstar_jax.sampling.logits import SamplingConfig
 from qstar_jax.sampling.proposer import ProposerConfig, propose_steps
 from qstar_jax.sampling.states import pad_states
-from qstar_jax.search.astar import AStarConfig
-from qstar_jax.search.qstar import (QStarConfig, expand_nodes,
-                                    lookahead_values, qstar_search)
+from qstar_jax.search.astar import (BUDGET, EXHAUSTED, LOOKAHEAD_SALT,
+                                    SOLVED, AStarConfig)
+from qstar_jax.search.astar_tree import OPEN
+from qstar_jax.search.qstar import QStarConfig, expand_nodes, qstar_search
 from qstar_jax.search.tree import init_tree, trajectory_steps
 
 VOCAB, END, DELIM = 40, 2, (5, 6, 7)
@@ -45,7 +46,8 @@ def _separately(critic, rows):
 def test_expansion_scores_equal_separate_critic_passes(setup):
     models, stop, rows, (tokens, lengths) = setup
     config = _config()
-    tree = init_tree(tokens, lengths, num_nodes=24, max_step_tokens=5)
+    tree = init_tree(tokens, lengths, num_nodes=24, max_step_tokens=5,
+                     max_children=3)
     keys = jax.random.split(jax.random.key(3), 3)
     exp = expand_nodes(models, stop, config, tree, jnp.zeros(3, jnp.int32),
                        keys)
@@ -69,35 +71,47 @@ def test_expansion_scores_equal_separate_critic_passes(setup):
                                    atol=1e-5)
 
 
-def test_lookahead_is_the_max_q_over_the_childs_own_steps(setup):
+def test_lookahead_h_stored_by_the_search_is_the_max_q_of_own_steps(setup):
+    """h of the root's children, as the search stored it, equals max_a'
+    Q(child, a') over the child's own top-K steps proposed with the key the
+    search documents (split(fold_in(fold_in(key, 0), 1), K)[k] for child k
+    of the first expansion), recomputed one child at a time; a terminal
+    child's h is its own edge value."""
     models, stop, rows, (tokens, lengths) = setup
     config = _config("lookahead")
+    keys = jax.random.split(jax.random.key(4), 3)
     result = jax.jit(qstar_search, static_argnames="config")(
-        models, tokens, lengths, jax.random.split(jax.random.key(4), 3), stop,
-        config=config)
+        models, tokens, lengths, keys, stop, config=config)
     tree = result.tree
-    # Recompute h of row 0's first-generation children from scratch.
-    children = np.flatnonzero(np.asarray(tree.parent[0]) == 0)
-    assert len(children) >= 1
-    look = lookahead_values(
-        models, stop, config, jax.tree.map(lambda x: x[:1], tree),
-        jnp.asarray(children[None, :3], jnp.int32),
-        jax.random.split(jax.random.key(5), len(children[:3]))[None])
-    for j, node in enumerate(children[:3]):
-        state = rows[0] + sum(trajectory_steps(tree, 0, int(node)), [])
-        if bool(tree.terminal[0, node]):
-            expected = _separately(models.qvm, [state])[0]
-        else:
-            st, sl = pad_states([state], width=40)
-            props = propose_steps(models.policy, st, sl, jax.random.split(
-                jax.random.key(5), len(children[:3]))[j:j + 1], stop,
-                config=config.proposer)
-            grand = [state + np.asarray(props.tokens[0, k, :int(
-                props.lengths[0, k])]).tolist()
-                for k in range(3) if props.valid[0, k]]
-            expected = _separately(models.qvm, grand).max()
-        np.testing.assert_allclose(look.value[0, j], expected, rtol=1e-4,
-                                   atol=1e-5)
+    kinds = set()
+    for b in range(3):
+        assert int(result.pop_order[b, 0]) == 0      # Expansion 0: the root.
+        look_keys = jax.random.split(jax.random.fold_in(
+            jax.random.fold_in(keys[b], 0), LOOKAHEAD_SALT), 3)
+        children = np.flatnonzero(np.asarray(tree.parent[b]) == 0)
+        assert len(children) >= 2
+        for node in children:
+            k = int(tree.action_from_parent[b, node])
+            state = rows[b] + sum(trajectory_steps(tree, b, int(node)), [])
+            if bool(tree.terminal[b, node]):
+                expected = _separately(models.qvm, [state])[0]
+            else:
+                st, sl = pad_states([state], width=40)
+                props = propose_steps(models.policy, st, sl,
+                                      look_keys[k:k + 1], stop,
+                                      config=config.proposer)
+                grand = [state + np.asarray(props.tokens[0, j, :int(
+                    props.lengths[0, j])]).tolist()
+                    for j in range(3) if props.valid[0, j]]
+                expected = _separately(models.qvm, grand).max()
+            kinds.add(bool(tree.terminal[b, node]))
+            np.testing.assert_allclose(tree.extra.h[b, node], expected,
+                                       rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(
+                tree.extra.f[b, node],
+                tree.extra.g[b, node] + 0.5 * tree.extra.h[b, node],
+                rtol=1e-6)
+    assert False in kinds, "no non-terminal child: lookahead never ran"
 
 
 @pytest.mark.parametrize("heuristic", ["edge", "lookahead"])
@@ -108,16 +122,28 @@ def test_search_is_consistent_and_batch_independent(setup, heuristic):
     keys = jax.random.split(jax.random.key(6), 3)
     result = search(models, tokens, lengths, keys, stop, config=config)
     tree = result.tree
+    stats = result.stats
     for b in range(3):
         found = int(result.num_found[b])
-        assert found >= 1 or int(result.stats.expansions[b]) == 5
+        status = int(stats.status[b])
+        # Each row ended for the reason its status gives.
+        if status == SOLVED:
+            assert found == 2
+        elif status == BUDGET:
+            assert found < 2 and int(stats.expansions[b]) == 5
+        else:
+            assert status == EXHAUSTED and found < 2
+            assert not (np.asarray(tree.extra.status[b]) == OPEN).any()
+        assert int(result.num_pops[b]) == int(stats.expansions[b]) + found
         for node in np.asarray(result.trajectories[b, :found]):
             assert bool(tree.terminal[b, node])
             np.testing.assert_allclose(
-                tree.f[b, node], tree.g[b, node] + 0.5 * tree.h[b, node],
+                tree.extra.f[b, node],
+                tree.extra.g[b, node] + 0.5 * tree.extra.h[b, node],
                 rtol=1e-6)
-        assert np.all(np.isfinite(np.asarray(tree.f[b, :int(
+        assert np.all(np.isfinite(np.asarray(tree.extra.f[b, :int(
             tree.num_nodes[b])])))
+    assert int(result.num_found.sum()) >= 1, "no trajectory was checked"
     alone = search(models, tokens[1:2], lengths[1:2], keys[1:2], stop,
                    config=config)
     np.testing.assert_array_equal(alone.pop_order[0], result.pop_order[1])

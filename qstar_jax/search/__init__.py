@@ -1,4 +1,5 @@
-"""Search over reasoning steps: tree arrays, A* (Q*), baselines, beam search."""
+"""Search over reasoning steps: shared tree arrays, A* (Q*), baselines, beam
+search."""
 
 from qstar_jax.search.astar import (AStarConfig, SearchResult, SearchStats,
                                     astar_search)

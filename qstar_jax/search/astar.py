@@ -40,7 +40,8 @@ and float64 implementations of these rules agree exactly on dyadic scores.
 
 Example:
   >>> config = AStarConfig(num_nodes=256, max_expansions=64, lam=1.0)
-  >>> tree = init_tree(prompts, lengths, num_nodes=256, max_step_tokens=32)
+  >>> tree = init_tree(prompts, lengths, num_nodes=256, max_step_tokens=32,
+  ...                  max_children=6)
   >>> search = jax.jit(functools.partial(astar_search, expand_fn,
   ...                                    config=config))
   >>> result = search(tree, keys)   # keys: [B]; result.best: [B] slots
@@ -55,11 +56,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from qstar_jax.search.astar_tree import (CLOSED, OPEN, AStarNodes,
+                                         add_children, astar_nodes,
+                                         best_open_node, recycle, set_scores)
 from qstar_jax.search.interfaces import (ExpandFn, Expansion, Lookahead,
-                                         LookaheadFn)
-from qstar_jax.search.tree import (CLOSED, OPEN, Tree, add_children,
-                                   best_open_node, node_values, recycle,
-                                   set_scores)
+                                         LookaheadFn, call_if)
+from qstar_jax.search.tree import Tree, node_values
 
 AGGREGATIONS = ("min", "max", "sum", "last", "none")
 HEURISTICS = ("edge", "lookahead")
@@ -241,29 +243,21 @@ def priority(g: jax.Array, h: jax.Array, lam: float,
     return jnp.where(poisoned, WORST, f), h, bad
 
 
-def _call_if(pred: jax.Array, fn, *args):
-    """fn(*args) when pred, else zeros of the same structure (no call)."""
-    shapes = jax.eval_shape(fn, *args)
-    return jax.lax.cond(
-        pred, lambda: fn(*args),
-        lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
-
-
 def _expand(s: _LoopState, node: jax.Array, expanding: jax.Array,
             keys: jax.Array, expand_fn: ExpandFn, config: AStarConfig,
             lookahead_fn: LookaheadFn | None) -> tuple[_LoopState, jax.Array]:
     """Expands `node` in the rows where `expanding`; returns (state, full)."""
     tree, st = s.tree, s.stats
     step_keys = jax.vmap(jax.random.fold_in)(keys, st.expansions)
-    expansion: Expansion = _call_if(jnp.any(expanding), expand_fn, tree,
-                                    node, step_keys)
+    expansion: Expansion = call_if(jnp.any(expanding), expand_fn, tree,
+                                   node, step_keys)
     k = expansion.valid.shape[1]
     g, r_bad = aggregate_reward(
-        config.aggregation, node_values(tree.g, node), node == Tree.ROOT,
-        expansion.reward.astype(jnp.float32))
+        config.aggregation, node_values(tree.extra.g, node),
+        node == Tree.ROOT, expansion.reward.astype(jnp.float32))
     valid = expansion.valid.astype(bool) & expanding[:, None]
     num_valid = jnp.sum(valid, axis=1, dtype=jnp.int32)
-    full = num_valid > tree.num_free
+    full = num_valid > tree.extra.num_free
     recycled = jnp.zeros_like(num_valid)
     if config.when_full == "recycle":
         # A row frees at most its deficit, so add_children below refills
@@ -287,8 +281,8 @@ def _expand(s: _LoopState, node: jax.Array, expanding: jax.Array,
     if config.heuristic == "lookahead":
         look_keys = jax.vmap(lambda key: jax.random.split(
             jax.random.fold_in(key, LOOKAHEAD_SALT), k))(step_keys)
-        look: Lookahead = _call_if(jnp.any(created), lookahead_fn, tree,
-                                   child, look_keys)
+        look: Lookahead = call_if(jnp.any(created), lookahead_fn, tree,
+                                  child, look_keys)
         f, h, h_bad = priority(g, look.value.astype(jnp.float32), config.lam,
                                r_bad)
         tree = set_scores(tree, child, h, f)
@@ -312,11 +306,12 @@ def _iteration(s: _LoopState, keys: jax.Array, expand_fn: ExpandFn,
                lookahead_fn: LookaheadFn | None) -> _LoopState:
     """One pop (and possibly one expansion) for every unfinished row."""
     tree = s.tree
-    b, n = tree.status.shape
+    nodes: AStarNodes = tree.extra
+    b, n = nodes.status.shape
     rows = jnp.arange(b)
     running = s.stats.status == RUNNING
     node = best_open_node(tree)
-    has_open = node_values(tree.status, node) == OPEN
+    has_open = node_values(nodes.status, node) == OPEN
     terminal = node_values(tree.terminal, node)
     live = running & has_open
     pop_terminal = live & terminal
@@ -324,8 +319,8 @@ def _iteration(s: _LoopState, keys: jax.Array, expand_fn: ExpandFn,
     expanding = live & ~terminal & budget_left
     popped = pop_terminal | expanding
 
-    tree = tree.replace(status=tree.status.at[
-        rows, jnp.where(popped, node, n)].set(CLOSED, mode="drop"))
+    tree = tree.replace(extra=nodes.replace(status=nodes.status.at[
+        rows, jnp.where(popped, node, n)].set(CLOSED, mode="drop")))
     pop_slot = jnp.where(popped, s.num_pops, config.max_pops)
     found_slot = jnp.where(pop_terminal, s.num_found,
                            config.num_trajectories)
@@ -337,7 +332,7 @@ def _iteration(s: _LoopState, keys: jax.Array, expand_fn: ExpandFn,
         trajectories=s.trajectories.at[rows, found_slot].set(
             node, mode="drop"),
         trajectory_f=s.trajectory_f.at[rows, found_slot].set(
-            node_values(tree.f, node), mode="drop"),
+            node_values(nodes.f, node), mode="drop"),
         num_found=num_found)
     s, full = _expand(s, node, expanding, keys, expand_fn, config,
                       lookahead_fn)
@@ -362,7 +357,10 @@ def astar_search(expand_fn: ExpandFn, tree: Tree, keys: jax.Array, *,
     Args:
       expand_fn: proposes and scores K children per row (`ExpandFn`).
       tree: the starting trees, usually `init_tree(...)` (N slots per row
-        equal to `config.num_nodes`; existing OPEN nodes are searched too).
+        equal to `config.num_nodes`, C >= K edges per node). A tree without
+        A* state (`tree.extra` None) must hold only its root, which becomes
+        OPEN; a tree with `AStarNodes` (`init_astar_tree`, or an earlier
+        search) is searched as it is, its OPEN nodes included.
       keys: [B] PRNG keys, one per problem.
       config: static search settings.
       lookahead_fn: required when `config.heuristic == 'lookahead'`.
@@ -376,6 +374,12 @@ def astar_search(expand_fn: ExpandFn, tree: Tree, keys: jax.Array, *,
                          f"config.num_nodes is {config.num_nodes}")
     if config.heuristic == "lookahead" and lookahead_fn is None:
         raise ValueError("heuristic='lookahead' needs a lookahead_fn")
+    if tree.extra is None:
+        tree = tree.replace(extra=astar_nodes(tree))
+    elif not isinstance(tree.extra, AStarNodes):
+        raise ValueError(
+            "astar_search: tree.extra must be None or AStarNodes, got "
+            f"{type(tree.extra).__name__}")
     b = tree.batch_size
     m = config.num_trajectories
     zeros = jnp.zeros((b,), jnp.int32)

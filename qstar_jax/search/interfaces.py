@@ -1,4 +1,4 @@
-"""The model side of tree search, plugged in as functions.
+"""The model side of A*, plugged in as functions (MCTS's: mcts_interfaces).
 
 The search engine (`astar.py`) never calls a language model itself. It calls
 an `ExpandFn` to propose and score the children of one node per problem, and,
@@ -7,7 +7,8 @@ newly created children. The same A* runs on the synthetic table environment
 (`synthetic.py`) and on the language model (policy + PRM + QVM).
 
 Both functions receive the whole `Tree`, so they can rebuild any node's token
-state with `tree.state_tokens`. They must treat the rows of the batch
+state with `tree.state_tokens`. `call_if` skips a model call that no row
+of the batch needs. They must treat the rows of the batch
 independently: a row's outputs may depend only on that row's tree and key.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 if TYPE_CHECKING:
     from qstar_jax.search.tree import Tree
@@ -78,3 +80,13 @@ Called after the children are inserted into `tree`; `child_nodes` holds
 their slots (-1 where no child was created). Used by the 'lookahead'
 heuristic mode; it costs about K times an expansion.
 """
+
+
+def call_if(pred: jax.Array, fn, *args):
+    """fn(*args) when the scalar `pred` holds, else zeros of the same
+    structure (the call is skipped at run time; fn is traced either way, so
+    its output checks still run)."""
+    shapes = jax.eval_shape(fn, *args)
+    return jax.lax.cond(
+        pred, lambda: fn(*args),
+        lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))

@@ -166,7 +166,8 @@ def qstar_search(models: QStarModels, prompt_tokens: jax.Array,
     """
     tree = init_tree(prompt_tokens, prompt_lengths,
                      num_nodes=config.search.num_nodes,
-                     max_step_tokens=config.proposer.max_step_tokens)
+                     max_step_tokens=config.proposer.max_step_tokens,
+                     max_children=config.proposer.num_steps)
 
     def expand(t, node, k):
         return expand_nodes(models, stop, config, t, node, k)

@@ -27,7 +27,7 @@ from typing import Protocol, Sequence
 
 from qstar_jax.search.astar import (BUDGET, EXHAUSTED, FULL, POISON_LIMIT,
                                     RUNNING, SOLVED, WORST, AStarConfig)
-from qstar_jax.search.tree import CLOSED, FREE, OPEN
+from qstar_jax.search.astar_tree import CLOSED, FREE, OPEN
 
 
 class ReferenceChild(Protocol):
@@ -72,8 +72,9 @@ class ReferenceResult:
       status: SOLVED, BUDGET, EXHAUSTED or FULL.
       expansions, generated_tokens, model_calls, max_depth, nan_count,
         dropped, recycled: as in `SearchStats`.
-      parent, depth, tokens, g, h, f, node_status, terminal: the final tree,
-        one list entry per slot ([N]).
+      parent, action_from_parent, depth, tokens, g, h, f, node_status,
+        terminal: the final tree, one list entry per slot ([N]);
+        action_from_parent is the child's proposal index k (-1: none).
       num_nodes: slots ever used.
     """
 
@@ -90,6 +91,7 @@ class ReferenceResult:
     dropped: int
     recycled: int
     parent: list[int]
+    action_from_parent: list[int]
     depth: list[int]
     tokens: list[tuple[int, ...]]
     g: list[float]
@@ -157,7 +159,7 @@ def reference_astar(env: ReferenceEnv, root_state: int,
     """
     n = config.num_nodes
     lookahead = config.heuristic == "lookahead"
-    parent, depth = [-1] * n, [0] * n
+    parent, depth, action = [-1] * n, [0] * n, [-1] * n
     state, tokens = [0] * n, [()] * n
     g, h, f = [0.0] * n, [0.0] * n, [0.0] * n
     status, terminal, gen = [FREE] * n, [False] * n, [0] * n
@@ -173,6 +175,7 @@ def reference_astar(env: ReferenceEnv, root_state: int,
 
     def free(slot: int) -> None:
         parent[slot], depth[slot], state[slot], tokens[slot] = -1, 0, 0, ()
+        action[slot] = -1
         g[slot] = h[slot] = f[slot] = 0.0
         status[slot], terminal[slot] = FREE, False
         gen[slot] += 1
@@ -205,7 +208,8 @@ def reference_astar(env: ReferenceEnv, root_state: int,
         stat["expansions"] += 1
         stat["model_calls"] += 1
         stat["generated_tokens"] += expansion.generated_tokens
-        children = [c for c in expansion.children if c.valid]
+        children = [(k, c) for k, c in enumerate(expansion.children)
+                    if c.valid]
         num_free = len(freed) + n - num_nodes
         full = len(children) > num_free
         if full and config.when_full == "recycle":
@@ -216,7 +220,7 @@ def reference_astar(env: ReferenceEnv, root_state: int,
                 free(-neg)
             stat["recycled"] += len(victims)
         created = []
-        for child in children:
+        for k, child in children:
             if freed:
                 slot = heapq.heappop(freed)
             elif num_nodes < n:
@@ -227,6 +231,7 @@ def reference_astar(env: ReferenceEnv, root_state: int,
             gc, r_bad = aggregate_reward_py(config.aggregation, g[node],
                                             node == 0, child.reward)
             parent[slot], depth[slot] = node, depth[node] + 1
+            action[slot] = k
             state[slot], tokens[slot] = child.state, tuple(child.tokens)
             status[slot], terminal[slot] = OPEN, bool(child.terminal)
             g[slot], reward_bad[slot] = gc, r_bad
@@ -257,6 +262,7 @@ def reference_astar(env: ReferenceEnv, root_state: int,
         best = found[max(range(len(found)), key=lambda i: (found_f[i], -i))]
     return ReferenceResult(
         pop_order=pop_order, trajectories=found, trajectory_f=found_f,
-        best=best, status=result, **stat, parent=parent, depth=depth,
+        best=best, status=result, **stat, parent=parent,
+        action_from_parent=action, depth=depth,
         tokens=tokens, g=g, h=h, f=f, node_status=status, terminal=terminal,
         num_nodes=num_nodes)

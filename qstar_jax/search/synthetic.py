@@ -271,7 +271,8 @@ class SyntheticEnv:
         """Trees whose roots are the given states (prompts of one token)."""
         roots = jnp.asarray(root_states, jnp.int32).reshape(-1, 1)
         return init_tree(roots, jnp.ones((roots.shape[0],), jnp.int32),
-                         num_nodes=num_nodes, max_step_tokens=1)
+                         num_nodes=num_nodes, max_step_tokens=1,
+                         max_children=self.branching)
 
 
 class TableEnv:
@@ -340,4 +341,5 @@ class TableEnv:
         """Trees of `num_rows` copies of the root state 0."""
         return init_tree(jnp.zeros((num_rows, 1), jnp.int32),
                          jnp.ones((num_rows,), jnp.int32),
-                         num_nodes=num_nodes, max_step_tokens=1)
+                         num_nodes=num_nodes, max_step_tokens=1,
+                         max_children=self.child.shape[1])
