@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tokenizers
 from tokenizers import pre_tokenizers, processors
 
 from qstar_jax.models.checkpoint import smollm2_gguf_path
@@ -19,6 +22,10 @@ from qstar_jax.models.tokenizer import (
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE_FILE = FIXTURES / "smollm2_hf_reference.json"
+# Written by transformers (save_pretrained of the tokenizer it converts from the
+# SmolLM2 GGUF) with the ids the `tokenizers` library computes from it
+# (experiments/make_hf_reference.py).
+HF_TOKENIZER_DIR = FIXTURES / "smollm2_hf_tokenizer"
 
 ROUND_TRIP_STRINGS = [
     "Hello world! 123",
@@ -59,8 +66,16 @@ def smol(gguf_path: str) -> Tokenizer:
 
 
 @pytest.fixture(scope="module")
+def hf_ids() -> list[dict]:
+    """Text -> ids of the transformers-written tokenizer.json (tests/fixtures)."""
+    return json.loads((HF_TOKENIZER_DIR / "reference_ids.json").read_text(
+        encoding="utf-8"))["cases"]
+
+
+@pytest.fixture(scope="module")
 def smol_json_dir(smol: Tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The SmolLM2 tokenizer saved as tokenizer.json with HF-style configs."""
+    """The library's own SmolLM2 backend saved as tokenizer.json with
+    hand-written HF-style configs (the eos token in its dict form)."""
     folder = tmp_path_factory.mktemp("smollm2_hf")
     smol.backend.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({
@@ -212,6 +227,43 @@ def test_reference_tokenizer_cases(smol: Tokenizer, reference: dict) -> None:
         assert smol.decode(case["ids"]) == case["text"]
 
 
+def _split_digits(text: str) -> list[str]:
+    """What SmolLM2's pre-tokenizer does before the GPT-2 byte-level split:
+    every numeric character (Rust's char::is_numeric, categories Nd/Nl/No)
+    becomes a piece of its own (tokenizers' Digits(individual_digits=True))."""
+    pieces, run = [], ""
+    for ch in text:
+        if unicodedata.category(ch) in ("Nd", "Nl", "No"):
+            pieces += [run, ch] if run else [ch]
+            run = ""
+        else:
+            run += ch
+    return pieces + [run] if run else pieces
+
+
+def test_ids_match_the_transformers_written_tokenizer(
+        smol: Tokenizer, hf_ids: list[dict]) -> None:
+    """Ids against an independent tokenizer: the one transformers converts
+    from the same GGUF. It has no Digits step (transformers maps the GGUF's
+    'smollm' label to plain GPT-2 byte-level), so the GGUF tokenizer must
+    equal it piece by piece after splitting off every numeric character,
+    and equal it on whole texts wherever that split changes nothing."""
+    backend = tokenizers.Tokenizer.from_file(str(HF_TOKENIZER_DIR / "tokenizer.json"))
+    differ = []
+    for case in hf_ids:
+        text, ids = case["text"], case["ids"]
+        assert backend.encode(text, add_special_tokens=False).ids == ids, text
+        piecewise = [i for piece in _split_digits(text)
+                     for i in backend.encode(piece, add_special_tokens=False).ids]
+        assert smol.encode(text) == piecewise, text
+        if smol.encode(text) != ids:
+            differ.append(text)
+    # Where the Digits step matters: whitespace runs and non-ASCII numerals.
+    assert len(differ) >= 5, differ
+    assert {"  123", "\n\n42", "Answer:\n 18"} <= set(differ)
+    assert len(hf_ids) - len(differ) >= 25
+
+
 def test_reference_prompts(smol: Tokenizer, reference: dict) -> None:
     for prompt in reference["prompts"]:
         assert smol.encode(prompt["text"]) == prompt["input_ids"], prompt["name"]
@@ -231,7 +283,29 @@ def test_reference_chat_prompt_matches_template(smol: Tokenizer, reference: dict
 # tokenizer.json.
 # --------------------------------------------------------------------------- #
 
+def test_transformers_written_tokenizer_json(smol: Tokenizer, hf_ids: list[dict]) -> None:
+    """The folder transformers wrote (tokenizer.json, tokenizer_config.json
+    with plain-string special tokens and no add_bos_token, the template in
+    chat_template.jinja) loads with the right ids, BOS rule and template."""
+    loaded = Tokenizer.from_tokenizer_json(HF_TOKENIZER_DIR)
+    assert loaded.vocab_size == 49152
+    assert (loaded.bos_id, loaded.eos_id, loaded.pad_id, loaded.unk_id) == (1, 2, 2, 0)
+    assert loaded.add_bos is False  # Its post-processor adds nothing.
+    assert loaded.special_ids == smol.special_ids == set(range(17))
+    for case in hf_ids:
+        assert loaded.encode(case["text"]) == case["ids"], case["text"]
+        assert loaded.decode(case["ids"]) == case["text"]
+    assert loaded.chat_template == smol.chat_template
+    assert loaded.apply_chat_template(SYSTEM_MESSAGES) == smol.apply_chat_template(
+        SYSTEM_MESSAGES)
+    assert loaded.encode_chat(SYSTEM_MESSAGES) == smol.encode_chat(SYSTEM_MESSAGES)
+    by_file = Tokenizer.from_tokenizer_json(HF_TOKENIZER_DIR / "tokenizer.json")
+    assert by_file.encode("Hello world! 123") == [19556, 905, 17, 216, 33, 34, 35]
+    assert by_file.chat_template == loaded.chat_template  # The folder's configs.
+
+
 def test_tokenizer_json_round_trip(smol: Tokenizer, smol_json_dir: Path) -> None:
+    """The library's own backend, saved and loaded back with configs."""
     loaded = Tokenizer.from_tokenizer_json(smol_json_dir)
     for text in ROUND_TRIP_STRINGS:
         assert loaded.encode(text) == smol.encode(text), text
@@ -241,12 +315,10 @@ def test_tokenizer_json_round_trip(smol: Tokenizer, smol_json_dir: Path) -> None
     assert loaded.special_ids == smol.special_ids
     assert loaded.apply_chat_template(SYSTEM_MESSAGES) == smol.apply_chat_template(
         SYSTEM_MESSAGES)
-    by_file = Tokenizer.from_tokenizer_json(smol_json_dir / "tokenizer.json")
-    assert by_file.encode("Hello world! 123") == [19556, 905, 17, 216, 33, 34, 35]
 
 
-def test_tokenizer_json_alone(smol: Tokenizer, smol_json_dir: Path, tmp_path: Path) -> None:
-    (tmp_path / "tokenizer.json").write_bytes((smol_json_dir / "tokenizer.json").read_bytes())
+def test_tokenizer_json_alone(tmp_path: Path) -> None:
+    shutil.copy(HF_TOKENIZER_DIR / "tokenizer.json", tmp_path / "tokenizer.json")
     bare = Tokenizer.from_tokenizer_json(tmp_path)
     assert bare.vocab_size == 49152
     assert bare.bos_id is None and bare.eos_id is None and bare.add_bos is False
@@ -335,8 +407,10 @@ def test_corrupt_tokenizer_json(smol: Tokenizer, tmp_path: Path) -> None:
 
 _ALPHABET = sorted(pre_tokenizers.ByteLevel.alphabet())
 _TINY_SPECIALS = ["<s>", "</s>"]
-_TINY_MERGES = ["Ġ w", "o r", "Ġw or", "l d", "Ġwor ld"]
-_TINY_EXTRA = ["Ġw", "or", "Ġwor", "ld", "Ġworld", "123", "<think>"]
+# "Ġ ," merges a space into the punctuation after it, as every supported
+# pre-tokenizer but 'default' (which isolates punctuation) lets it.
+_TINY_MERGES = ["Ġ w", "o r", "Ġw or", "l d", "Ġwor ld", "Ġ ,"]
+_TINY_EXTRA = ["Ġw", "or", "Ġwor", "ld", "Ġworld", "123", "Ġ,", "<think>"]
 
 
 def _tiny_gguf(path: Path, *, model: str = "gpt2", pre: str | None = "llama-bpe",
@@ -413,10 +487,22 @@ def test_gguf_other_pre_types(tmp_path: Path, pre: str) -> None:
 
 
 def test_gguf_missing_pre_uses_default(tmp_path: Path) -> None:
+    """Without the label the ids are those of an explicit 'default', on a
+    text where 'default' differs from every other pre-tokenizer."""
     path = _tiny_gguf(tmp_path / "nopre.gguf", pre=None)
     with pytest.warns(UserWarning, match="tokenizer.ggml.pre"):
         tok = Tokenizer.from_gguf(path)
-    assert tok.decode(tok.encode("a, b")) == "a, b"
+    text = "a , b world"
+
+    def ids(pre: str) -> list[int]:
+        return Tokenizer.from_gguf(_tiny_gguf(tmp_path / f"{pre}.gguf", pre=pre)).encode(
+            text, add_bos=False)
+
+    assert tok.encode(text, add_bos=False) == ids("default")
+    assert _tiny_id("Ġ,") not in ids("default")
+    for other in ("gpt2", "smollm", "llama-bpe", "qwen2"):
+        assert _tiny_id("Ġ,") in ids(other), other
+    assert tok.decode(tok.encode(text)) == text
 
 
 # --------------------------------------------------------------------------- #
@@ -451,7 +537,9 @@ def test_supported_pre_types_and_error() -> None:
 
 
 def _saved(smol: Tokenizer, folder: Path) -> Path:
-    """Saves the SmolLM2 backend as ``folder/tokenizer.json`` and returns ``folder``."""
+    """Copies the transformers-written SmolLM2 tokenizer.json (alone) into
+    ``folder`` and returns ``folder``."""
+    del smol
     folder.mkdir(parents=True, exist_ok=True)
-    smol.backend.save(str(folder / "tokenizer.json"))
+    shutil.copy(HF_TOKENIZER_DIR / "tokenizer.json", folder / "tokenizer.json")
     return folder
