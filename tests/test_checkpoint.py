@@ -9,6 +9,8 @@ the input axis).
 """
 
 import dataclasses
+import gc
+import hashlib
 import json
 import os
 import shutil
@@ -24,7 +26,7 @@ from safetensors.numpy import load_file, save_file
 from qstar_jax.models.checkpoint import CheckpointError, unpermute_rows
 from qstar_jax.models.config import tiny
 from qstar_jax.models.decoder import init_decoder
-from qstar_jax.models.gguf_loader import load_gguf
+from qstar_jax.models.gguf_loader import load_gguf, open_gguf
 from qstar_jax.models.safetensors_loader import (config_from_hf,
                                                  load_safetensors)
 from qstar_jax.sampling.decode import StopRule, forward_logits
@@ -458,20 +460,51 @@ def test_gguf_nan_tensor(gguf_model, tmp_path):
         load_gguf(path)
 
 
+def _held_by_this_process(path):
+    """Whether this process maps `path` into memory or has it open."""
+    real = os.path.realpath(path)
+    with open("/proc/self/maps") as f:
+        if any(line.rstrip().endswith(" " + real) for line in f):
+            return True
+    fds = "/proc/self/fd"
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(os.path.join(fds, fd)) == real:
+                return True
+        except OSError:  # Closed since listing.
+            pass
+    return False
+
+
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def test_failed_load_leaves_nothing_behind(gguf_model, f32_gguf, tmp_path):
-    """A failure late in loading (every tensor already decoded) returns no
-    model, and the next load in the same process is unaffected."""
+    """A failure late in loading (every tensor already decoded) writes no
+    file, leaves the checkpoint as it was and neither mapped nor open in
+    the process, and the next loads in the same process are unaffected."""
     model, _ = gguf_model
     path = _nan_gguf(gguf_model, str(tmp_path / "nan.gguf"))
-    result = None
-    with pytest.raises(CheckpointError):
-        result = load_gguf(path)
-    assert result is None
+    digest, listing = _sha256(path), sorted(os.listdir(tmp_path))
+    reader = open_gguf(path)  # The check sees a live memory map...
+    assert _held_by_this_process(path)
+    del reader
+    gc.collect()
+    assert not _held_by_this_process(path)  # ...and its release.
+    with pytest.raises(CheckpointError, match="up_proj.*NaN"):
+        load_gguf(path)
+    gc.collect()
+    assert not _held_by_this_process(path)
+    assert sorted(os.listdir(tmp_path)) == listing
+    assert _sha256(path) == digest
     loaded, _ = load_gguf(f32_gguf)
     diff = _max_diff(loaded, model)
     assert diff < 1e-5, diff
     with pytest.raises(CheckpointError):
         load_safetensors(os.path.join(tmp_path, "no-such-dir"))
+    assert sorted(os.listdir(tmp_path)) == listing
     hf_model, _ = load_safetensors(os.path.join(FIXTURES, "hf_tiny_qwen2"))
     case = _reference("hf_tiny_qwen2")[0]
     tokens, lengths = pad_states([case["input_ids"]], len(case["input_ids"]))
