@@ -16,6 +16,12 @@ Usage (the shipped policy; about 50 minutes on 2 shared CPU cores):
       --lr 2e-3 --warmup 200 --weight-decay 0.05 --max-len 152 --name final \
       --eval-n 1000 --eval-every 400 --checkpoint-every 400 \
       --max-checkpoints 10 --ship
+  # The fast rollout policy of eta-MCTS (a 2-layer, 128-wide decoder):
+  python experiments/train_tiny_policy.py --steps 2800 --batch-size 32 \
+      --lr 2e-3 --warmup 200 --weight-decay 0.05 --max-len 152 --name fast \
+      --hidden 128 --layers 2 --ffn 384 --eval-n 1000 --eval-every 400 \
+      --checkpoint-every 400 --max-checkpoints 10 --ship \
+      --asset-dir qstar_jax/assets/tiny_fast_policy
   # Re-evaluate / re-ship a finished run under another task config:
   python experiments/train_tiny_policy.py ... --skip-train --eval-task '{}'
 """
@@ -89,6 +95,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--skip-train", action="store_true",
                     help="re-evaluate runs/<name> instead of training")
     ap.add_argument("--ship", action="store_true")
+    ap.add_argument("--asset-dir", default=tiny_policy.ASSET_DIR,
+                    help="where --ship writes the policy (default: the tiny "
+                         "policy's; the fast rollout policy ships to "
+                         "qstar_jax/assets/tiny_fast_policy)")
     return ap.parse_args()
 
 
@@ -270,7 +280,7 @@ def _read(path: str) -> str | None:
 def ship(args, decoder_config, task_config, train_task_config, train_config,
          tokenizer, params_path, log) -> None:
     """Writes the asset directory of the shipped policy."""
-    out = tiny_policy.ASSET_DIR
+    out = args.asset_dir
     os.makedirs(out, exist_ok=True)
     shutil.copy(params_path, os.path.join(out, tiny_policy.PARAMS_FILE))
     tokenizer.save(os.path.join(out, "tokenizer.json"))

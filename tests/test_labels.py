@@ -130,3 +130,21 @@ def test_pool_and_monte_carlo_match_loops(seed):
         np.testing.assert_array_equal(np.asarray(got_soft), soft)
         np.testing.assert_array_equal(np.asarray(got_hard), hard)
         np.testing.assert_array_equal(np.asarray(got_mask), mask)
+
+
+def test_value_and_outcome_labels_against_a_loop():
+    from qstar_jax.learning.labels import (final_outcome_labels,
+                                           outcome_value_labels)
+    outcome = np.array([1.0, 0.0, 1.0])
+    num_steps = np.array([3, 1, 2])
+    finished = np.array([True, True, False])
+    value, value_mask = outcome_value_labels(outcome, num_steps, 4)
+    orm, orm_mask = final_outcome_labels(outcome, num_steps, finished, 4)
+    for r in range(3):
+        for t in range(4):
+            exists = t < num_steps[r]
+            assert value_mask[r, t] == exists
+            assert value[r, t] == (outcome[r] if exists else 0.0)
+            last = exists and t == num_steps[r] - 1 and finished[r]
+            assert orm_mask[r, t] == last
+            assert orm[r, t] == (outcome[r] if last else 0.0)

@@ -10,6 +10,11 @@ Three ways to label a step (s_t, a_t) of a rollout dataset:
 - `monte_carlo_prm_labels`: the fraction (soft) or existence (hard) of correct
   completions among C rollouts from s_{t+1} (Math-Shepherd style PRM labels).
 
+And the labels of AlphaLLM's other two critics, host-side NumPy:
+`outcome_value_labels` (every state of a rollout takes its outcome: the value
+function) and `final_outcome_labels` (the outcome at a finished solution's
+end: the outcome reward model).
+
 All are jit-compiled, work on fixed shapes and never loop in Python. A NaN
 value anywhere a candidate or rollout is read counts as an invalid entry: it
 is dropped, never propagated. `fqi_targets_numpy` is a plain loop with the
@@ -192,3 +197,46 @@ def monte_carlo_prm_labels(returns: jax.Array, valid: jax.Array,
     else:
         labels = (num_correct > 0).astype(jnp.float32)
     return jnp.where(mask, labels, 0.0), mask
+
+
+def outcome_value_labels(outcome: np.ndarray, num_steps: np.ndarray,
+                         max_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Value labels of every state of a rollout: its graded outcome.
+
+    AlphaLLM's value function is trained on the states s_{t+1} (after every
+    step t) of the policy's own rollouts with the rollout's outcome as the
+    target, a one-sample Monte Carlo return of the policy from that state.
+
+    Args:
+      outcome: [R] float rollout outcomes in [0, 1].
+      num_steps: [R] int steps per rollout.
+      max_steps: S, the step axis of the dataset.
+
+    Returns:
+      targets [R, S] float32 (the outcome at every step) and mask [R, S]
+      bool (the step exists).
+    """
+    mask = np.arange(max_steps)[None, :] < np.asarray(num_steps)[:, None]
+    targets = np.where(mask, np.asarray(outcome, np.float32)[:, None], 0.0)
+    return targets.astype(np.float32), mask
+
+
+def final_outcome_labels(outcome: np.ndarray, num_steps: np.ndarray,
+                         finished: np.ndarray,
+                         max_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Outcome-reward-model labels: the outcome at a finished solution's end.
+
+    Args:
+      outcome: [R] float; num_steps: [R] int; finished: [R] bool (the
+        rollout ended its solution; a truncated one has no outcome label).
+      max_steps: S.
+
+    Returns:
+      targets [R, S] float32 and mask [R, S] bool: only the last step of
+      each finished rollout counts.
+    """
+    last = (np.arange(max_steps)[None, :]
+            == np.asarray(num_steps)[:, None] - 1)
+    mask = last & np.asarray(finished, bool)[:, None]
+    targets = np.where(mask, np.asarray(outcome, np.float32)[:, None], 0.0)
+    return targets.astype(np.float32), mask
