@@ -68,9 +68,11 @@ class QStarConfig:
 
 
 def _score(critic: Critic, tokens, lengths, proposals) -> jax.Array:
-    """[B, K] critic scores at the end of each proposed step."""
+    """[B, K] critic scores at the end of each proposed step (an evidence
+    critic also reads each step's policy log-probability)."""
     return score_branches(critic, tokens, lengths, proposals.tokens,
-                          proposals.lengths)
+                          proposals.lengths,
+                          branch_log_probs=proposals.log_probs)
 
 
 def expand_states(models: QStarModels, stop: StopRule, config: QStarConfig,
@@ -137,8 +139,9 @@ def lookahead_values(models: QStarModels, stop: StopRule,
     # score is the child's own last-token score (its edge value).
     steps = jnp.pad(proposals.tokens, ((0, 0), (0, 1), (0, 0)))
     step_len = jnp.pad(proposals.lengths, ((0, 0), (0, 1)))
+    step_logp = jnp.pad(proposals.log_probs, ((0, 0), (0, 1)))
     scores = score_branches(models.qvm, state.tokens, state.lengths, steps,
-                            step_len)                         # [B*K, K+1]
+                            step_len, branch_log_probs=step_logp)  # [B*K, K+1]
     q, edge = scores[:, :-1], scores[:, -1]
     best = jnp.max(jnp.where(proposals.valid, q, -jnp.inf), axis=1)
     terminal = jnp.take_along_axis(tree.terminal, jnp.maximum(child, 0), 1)
