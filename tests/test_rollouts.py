@@ -12,7 +12,7 @@ from qstar_jax.learning import completions as C
 from qstar_jax.learning import rollout_data, rollout_store
 from qstar_jax.learning import rollouts as R
 from qstar_jax.sampling.logits import SamplingConfig
-from qstar_jax.sampling.proposer import propose_steps
+from qstar_jax.sampling.proposer import propose_steps, rollout
 from qstar_jax.tasks import tiny_policy
 from qstar_jax.tasks.arithchain import ArithChain
 
@@ -280,11 +280,20 @@ def test_save_load_file_round_trip(collected, tmp_path):
     assert_same(loaded, no_cand)
 
 
+def _first_answer_line(text: str) -> str:
+    """The text cut after the line of its first '####' (what is graded)."""
+    if "####" not in text:
+        return text
+    head, tail = text.split("####", 1)
+    return head + "####" + tail.split("\n", 1)[0]
+
+
 def test_completion_returns_grade_the_decoded_text(policy, collected):
     model, tok, task = policy
     ds, _ = collected
-    kwargs = dict(num_completions=2, sampling=SamplingConfig(temperature=1.5),
-                  max_tokens=64, batch_size=16, seed=1)
+    sampling = SamplingConfig(temperature=1.5)
+    kwargs = dict(num_completions=2, sampling=sampling, max_tokens=64,
+                  batch_size=16, seed=1)
     returns, valid = C.completion_returns(model, tok, task, ds,
                                           progress=False, **kwargs)
     assert returns.shape == valid.shape == (6, 10, 2)
@@ -294,20 +303,51 @@ def test_completion_returns_grade_the_decoded_text(policy, collected):
     assert not returns[~valid].any()
     stop = R.default_stop_rule(tok, task)
     problems = task.problems("train")
-    seen = 0
+    pad_id = tok.pad_id if tok.pad_id is not None else 0
+    completions = {}
     for batch in C.iter_completions(model, ds, stop, progress=False,
-                                    **kwargs):
+                                    pad_id=pad_id, **kwargs):
         for i, (r, t) in enumerate(zip(batch.rollout, batch.step)):
             for c in range(2):
                 comp = batch.tokens[i, c, :batch.lengths[i, c]].tolist()
+                completions[int(r), int(t), c] = comp
                 text = tok.decode(ds.solution_ids(r, t).tolist() + comp)
-                if "####" in text:  # Grade the first answer line only.
-                    head, tail = text.split("####", 1)
-                    text = head + "####" + tail.split("\n", 1)[0]
                 assert returns[r, t, c] == task.reward(
-                    problems[ds.problem_index[r]], text)
-                seen += 1
-    assert seen == valid.sum()
+                    problems[ds.problem_index[r]], _first_answer_line(text))
+    assert len(completions) == valid.sum()
+
+    # A few completions regenerated independently: `rollout` from the stored
+    # prefix ds.tokens[r, :step_end + 1] and the documented key
+    # fold_in(key(seed), COMPLETION_STREAM, problem, sample, t).
+    rows, steps = np.nonzero(ds.open_mask())
+    picks = [(int(rows[i]), int(steps[i]))
+             for i in np.linspace(0, len(rows) - 1, 4).astype(int)]
+    tokens = np.full((len(picks), ds.tokens.shape[1]), pad_id, np.int32)
+    lengths = np.zeros(len(picks), np.int32)
+    keys = []
+    for i, (r, t) in enumerate(picks):
+        lengths[i] = ds.step_ends[r, t] + 1
+        tokens[i, :lengths[i]] = ds.tokens[r, :lengths[i]]
+        key = jax.random.fold_in(jax.random.key(1), R.COMPLETION_STREAM)
+        for index in (ds.problem_index[r], ds.sample_index[r], t):
+            key = jax.random.fold_in(key, int(index))
+        keys.append(key)
+    again = jax.jit(rollout, static_argnames=(
+        "max_tokens", "num_samples", "sampling", "pad_id"))(
+        model, tokens, lengths, jax.numpy.stack(keys), stop, max_tokens=64,
+        num_samples=2, sampling=sampling, pad_id=pad_id)
+    graded = set()
+    for i, (r, t) in enumerate(picks):
+        for c in range(2):
+            comp = np.asarray(again.tokens[i, c, :again.lengths[i, c]])
+            assert comp.tolist() == completions[r, t, c], (r, t, c)
+            text = _first_answer_line(tok.decode(ds.solution_ids(r, t)
+                                                 .tolist() + comp.tolist()))
+            reward = task.reward(problems[ds.problem_index[r]], text)
+            assert returns[r, t, c] == reward, (r, t, c, text)
+            graded.add(reward)
+    assert len(set(picks)) == 4, picks
+    assert graded == {0.0, 1.0}, graded  # Both outcomes regenerated.
 
 
 def _handmade(tok, task, problem, solutions):
