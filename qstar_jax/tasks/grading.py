@@ -29,6 +29,10 @@ Rules (each one is tested in ``tests/test_grading.py``):
   ``3/4`` equals ``0.75``. Scientific notation (``1e3``) and strings over 64
   characters are not numbers.
 * Comparison is exact with ``Fraction``.
+* Length: a text over :data:`MAX_TEXT_CHARS` characters is not read
+  (``extract_answer`` returns None, ``grade`` answers ``"too long"``), so the
+  work of grading any input is bounded; model outputs here are a few hundred
+  tokens, far below it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Final
 
 MODES: Final = ("auto", "hash", "the_answer_is", "last_number")
 _MAX_NUMBER_CHARS: Final = 64
+MAX_TEXT_CHARS: Final = 100_000
 
 _DECIMAL = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 _NUMBER = re.compile(
@@ -67,8 +72,9 @@ class Grade:
         reward: 1.0 if correct else 0.0.
         predicted: The extracted answer text, or None if none was found.
         reason: ``"match"``, ``"no answer found"``, ``"empty answer"`` (a
-            marker with nothing after it), ``"not a number: '...'"`` or
-            ``"mismatch: <predicted> != <gold>"``.
+            marker with nothing after it), ``"not a number: '...'"``,
+            ``"mismatch: <predicted> != <gold>"`` or ``"too long: <n> >
+            <MAX_TEXT_CHARS> characters"``.
     """
 
     correct: bool
@@ -132,14 +138,15 @@ def extract_answer(text: str, *, mode: str = "auto") -> str | None:
             ``"auto"``; see the module docstring.
 
     Returns:
-        The answer as written (not normalized), or None if none was found.
+        The answer as written (not normalized), or None if none was found
+        or the text is longer than :data:`MAX_TEXT_CHARS`.
 
     Raises:
         ValueError: If ``mode`` is unknown.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-    if not isinstance(text, str):
+    if not isinstance(text, str) or len(text) > MAX_TEXT_CHARS:
         return None
     order = ("hash", "the_answer_is", "last_number") if mode == "auto" else (mode,)
     for step in order:
@@ -172,7 +179,8 @@ def grade(model_text: str, gold_answer: str, *, mode: str = "auto") -> Grade:
 
     Args:
         model_text: The model output; anything that is not a string, has no
-            answer or has a non-numeric answer grades as incorrect.
+            answer, has a non-numeric answer or is longer than
+            :data:`MAX_TEXT_CHARS` grades as incorrect.
         gold_answer: The gold short answer, e.g. GSM8K's ``"1,080"``.
         mode: Extraction mode for :func:`extract_answer`.
 
@@ -187,6 +195,9 @@ def grade(model_text: str, gold_answer: str, *, mode: str = "auto") -> Grade:
         raise ValueError(f"gold answer is not a number: {gold_answer!r}")
     predicted = extract_answer(model_text, mode=mode)
     if predicted is None:
+        if isinstance(model_text, str) and len(model_text) > MAX_TEXT_CHARS:
+            return Grade(False, 0.0, None, f"too long: {len(model_text)} > "
+                         f"{MAX_TEXT_CHARS} characters")
         return Grade(False, 0.0, None, "no answer found")
     value = normalize_number(predicted)
     if value is None:
