@@ -200,10 +200,11 @@ def test_hostile_strings_are_bounded_by_the_length_limit(
     text = _at_most(MAX_TEXT_CHARS, unit, suffix)
     assert MAX_TEXT_CHARS - len(unit) < len(text) <= MAX_TEXT_CHARS
     assert grade(text, "1").reason == reason
-    over = "x" * (MAX_TEXT_CHARS + 1 - len(text)) + text
-    assert len(over) == MAX_TEXT_CHARS + 1
+    # Past the limit, even an answer every mode would read is not looked at.
+    over = text + "\nThe answer is 1\n#### 1"
+    assert grade(over[len(over) - MAX_TEXT_CHARS:], "1").correct
     result = grade(over, "1")
-    assert result == Grade(False, 0.0, None, f"too long: {MAX_TEXT_CHARS + 1} > "
+    assert result == Grade(False, 0.0, None, f"too long: {len(over)} > "
                            f"{MAX_TEXT_CHARS} characters")
     for mode in ("hash", "the_answer_is", "last_number", "auto"):
         assert extract_answer(over, mode=mode) is None
