@@ -42,7 +42,7 @@ NO_ACTION_VALUE = -1.0
 """Lookahead value of a non-terminal state without valid actions."""
 
 
-def _mix_py(x: int) -> int:
+def mix_py(x: int) -> int:
     """A 32-bit avalanche mix (lowbias32), Python ints."""
     x ^= x >> 16
     x = (x * 0x7FEB352D) & _M32
@@ -51,7 +51,7 @@ def _mix_py(x: int) -> int:
     return x ^ (x >> 16)
 
 
-def _mix_jnp(x: jax.Array) -> jax.Array:
+def mix_jnp(x: jax.Array) -> jax.Array:
     """The same mix on uint32 arrays (multiplication wraps mod 2**32)."""
     x = x ^ (x >> 16)
     x = x * jnp.uint32(0x7FEB352D)
@@ -60,7 +60,7 @@ def _mix_jnp(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def _threshold(prob: float) -> int:
+def prob_threshold(prob: float) -> int:
     """A probability as a 16-bit threshold in [0, 65536]."""
     return min(max(int(round(prob * _PROB_ONE)), 0), _PROB_ONE)
 
@@ -131,17 +131,17 @@ class SyntheticEnv:
     # -- the shared hash ---------------------------------------------------
     def _base(self, salt: int) -> int:
         """Per-(seed, salt) hash offset, a Python int."""
-        return _mix_py((self.seed * 0x9E3779B9 + salt * 0x85EBCA6B + 1)
+        return mix_py((self.seed * 0x9E3779B9 + salt * 0x85EBCA6B + 1)
                        & _M32)
 
     def _hash_py(self, state: int, action: int, salt: int) -> int:
-        x = _mix_py(self._base(salt) ^ state)
-        return _mix_py((x + action) & _M32)
+        x = mix_py(self._base(salt) ^ state)
+        return mix_py((x + action) & _M32)
 
     def _hash_jnp(self, state: jax.Array, action: jax.Array,
                   salt: int) -> jax.Array:
-        x = _mix_jnp(jnp.uint32(self._base(salt)) ^ state)
-        return _mix_jnp(x + action)
+        x = mix_jnp(jnp.uint32(self._base(salt)) ^ state)
+        return mix_jnp(x + action)
 
     # -- Python table (reference side) --------------------------------------
     def _score_py(self, state: int, action: int, salt: int) -> float:
@@ -153,7 +153,7 @@ class SyntheticEnv:
         """Action `action` of `state` (at `depth`), plain Python."""
         h = lambda salt: self._hash_py(state, action, salt)  # noqa: E731
         child = h(_SALT_CHILD) & _STATE_MASK
-        nan_thr = _threshold(self.nan_prob)
+        nan_thr = prob_threshold(self.nan_prob)
         reward = self._score_py(state, action, _SALT_REWARD)
         q_value = self._score_py(state, action, _SALT_Q)
         if (h(_SALT_NAN_R) & 0xFFFF) < nan_thr:
@@ -162,8 +162,8 @@ class SyntheticEnv:
             q_value = math.nan
         terminal = (depth + 1 >= self.max_depth
                     or (h(_SALT_TERMINAL) & 0xFFFF)
-                    < _threshold(self.terminal_prob))
-        valid = (h(_SALT_VALID) & 0xFFFF) >= _threshold(self.invalid_prob)
+                    < prob_threshold(self.terminal_prob))
+        valid = (h(_SALT_VALID) & 0xFFFF) >= prob_threshold(self.invalid_prob)
         log_prob = -(h(_SALT_LOGP) % (2 * self.levels)) / self.levels
         return PyChild(state=child, tokens=(child,), log_prob=log_prob,
                        valid=valid, terminal=terminal, reward=reward,
@@ -209,7 +209,7 @@ class SyntheticEnv:
             v = (h(salt) % jnp.uint32(2 * lv + 1)).astype(jnp.int32) - lv
             return v.astype(jnp.float32) / lv
 
-        nan_thr = jnp.uint32(_threshold(self.nan_prob))
+        nan_thr = jnp.uint32(prob_threshold(self.nan_prob))
         low16 = lambda salt: h(salt) & jnp.uint32(0xFFFF)  # noqa: E731
         reward = jnp.where(low16(_SALT_NAN_R) < nan_thr, jnp.nan,
                            score(_SALT_REWARD))
@@ -217,9 +217,9 @@ class SyntheticEnv:
                             score(_SALT_Q))
         terminal = ((depth[..., None] + 1 >= self.max_depth)
                     | (low16(_SALT_TERMINAL)
-                       < jnp.uint32(_threshold(self.terminal_prob))))
+                       < jnp.uint32(prob_threshold(self.terminal_prob))))
         valid = low16(_SALT_VALID) >= jnp.uint32(
-            _threshold(self.invalid_prob))
+            prob_threshold(self.invalid_prob))
         logp = (h(_SALT_LOGP) % jnp.uint32(2 * lv)).astype(jnp.float32)
         return dict(
             child=(h(_SALT_CHILD) & jnp.uint32(_STATE_MASK)).astype(jnp.int32),
