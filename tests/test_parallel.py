@@ -1,7 +1,18 @@
-"""Data-parallel step proposals on 4 simulated CPU devices.
+"""Every sharding choice on 8 simulated CPU devices equals one device.
 
-JAX fixes its device count when it starts, so the check runs in a fresh
-interpreter with JAX_NUM_CPU_DEVICES=4.
+JAX fixes its device count when it starts, so each check runs in a fresh
+interpreter with JAX_NUM_CPU_DEVICES=8. The workloads (random tiny Q*
+networks, a few critic training steps) are in tests/scale_workloads.py.
+
+* Search: step proposals (plain `jax.jit`) and whole Q* searches (every
+  tree array, the trajectories, answers and statistics) with the batch
+  split over 'data' and the models replicated or tensor-parallel over
+  'model', run per device (`parallel.map_rows`) or as one partitioned
+  program (`parallel.jit_rows`); each device holds only its rows' trees.
+* Training: the loss curve and final parameters of data-parallel training
+  with replicated, FSDP and tensor-parallel parameters; a run checkpointed
+  on one mesh and layout resumes on another; `restore_params` loads a
+  checkpoint onto any mesh.
 """
 
 import os
@@ -9,91 +20,131 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent("""
-    import jax, jax.numpy as jnp, numpy as np
-    assert jax.device_count() == 4, jax.devices()
-    from qstar_jax.models.config import tiny
-    from qstar_jax.models.decoder import init_decoder
-    from qstar_jax.parallel import data_mesh, replicate, shard_rows
-    from qstar_jax.sampling.decode import StopRule
-    from qstar_jax.sampling.logits import SamplingConfig
-    from qstar_jax.sampling.proposer import ProposerConfig, propose_steps
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
-    model = init_decoder(tiny(vocab_size=40, num_layers=2), seed=0)
-    stop = StopRule(jnp.zeros(40, bool).at[5].set(True),
-                    jnp.zeros(40, bool).at[2].set(True), jnp.zeros(40, bool))
-    rng = np.random.default_rng(0)
-    tokens = jnp.asarray(rng.integers(3, 40, (8, 10)), jnp.int32)
-    lengths = jnp.asarray(rng.integers(1, 11, 8), jnp.int32)
-    keys = jax.random.split(jax.random.key(0), 8)
-    config = ProposerConfig(num_steps=3, num_samples=6, max_step_tokens=5,
-                            sampling=SamplingConfig(temperature=1.0))
+SEARCH_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    assert jax.device_count() == 8, jax.devices()
+    from qstar_jax.parallel import (MeshConfig, jit_rows, make_mesh,
+                                    map_rows, replicate, shard_rows, to_host)
+    from qstar_jax.partitioning import shard_params
+    from qstar_jax.sampling.proposer import propose_steps
+    from qstar_jax.search import qstar_search
+    from scale_workloads import assert_same, flat, search_problems
+
+    models, tokens, lengths, keys, stop, config = search_problems(40, 8)
     propose = jax.jit(propose_steps, static_argnames="config")
-    single = propose(model, tokens, lengths, keys, stop, config=config)
+    single_steps = flat("", to_host(propose(
+        models.policy, tokens, lengths, keys, stop,
+        config=config.proposer)))
+    single = flat("", to_host(jax.jit(qstar_search, static_argnames="config")(
+        models, tokens, lengths, keys, stop, config=config)))
+    assert single[".best"].min() >= 0     # every problem found an answer
+    assert len(set(single[".num_pops"])) > 1   # rows stop at different pops
 
-    mesh = data_mesh()
-    out = propose(replicate(model, mesh), *shard_rows((tokens, lengths, keys),
-                  mesh), replicate(stop, mesh), config=config)
-    assert len(out.tokens.sharding.device_set) == 4
-    assert out.tokens.addressable_shards[0].data.shape == (2, 3, 5)
-    np.testing.assert_array_equal(out.tokens, single.tokens)
-    np.testing.assert_allclose(out.log_probs, single.log_probs, rtol=1e-5)
-    try:
-        shard_rows(tokens[:6], mesh)
-        raise AssertionError("uneven batch accepted")
-    except ValueError:
-        pass
+    for data, model, layout, wrap in [(8, 1, "replicated", map_rows),
+                                      (8, 1, "replicated", jit_rows),
+                                      (4, 2, "tensor", jit_rows)]:
+        name = f"{data}x{model} {layout} {wrap.__name__}"
+        mesh = make_mesh(MeshConfig(data=data, model=model))
+        placed = shard_params(models, mesh, layout)
+        rows = shard_rows((tokens, lengths, keys), mesh)
+        q_kernel = placed.policy.layers[0].attn.q_proj.kernel[...]
+        assert q_kernel.addressable_shards[0].data.shape == (
+            192, 192 // model), name
+        steps = propose(placed.policy, *rows, replicate(stop, mesh),
+                        config=config.proposer)
+        assert steps.tokens.addressable_shards[0].data.shape[0] == 8 // data
+        assert_same(single_steps, flat("", to_host(steps)), name)
+        if wrap is map_rows:
+            search = map_rows(qstar_search, mesh, row_argnums=(1, 2, 3),
+                              static_argnames=("config",))
+        else:
+            search = jit_rows(qstar_search, mesh, static_argnames=("config",))
+        out = search(placed, *rows, replicate(stop, mesh), config=config)
+        # Each 'data' group holds (and searched) only its own rows.
+        parent = out.tree.parent
+        assert parent.addressable_shards[0].data.shape[0] == 8 // data, name
+        assert_same(single, flat("", to_host(out)), name)
+
     print("ok")
 """)
-
-
-def _run_on_four_devices(script: str) -> None:
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", script], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith("ok")
-
-
-def test_propose_steps_sharded_over_four_devices():
-    _run_on_four_devices(SCRIPT)
-
 
 TRAIN_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from flax import nnx
-    assert jax.device_count() == 4, jax.devices()
-    from qstar_jax.learning.critic_training import critic_arrays, critic_loss
-    from qstar_jax.models.config import tiny
-    from qstar_jax.models.critic import Critic
-    from qstar_jax.parallel import data_mesh
-    from qstar_jax.training.trainer import TrainConfig, train
+    assert jax.device_count() == 8, jax.devices()
+    from qstar_jax.parallel import MeshConfig, data_mesh, make_mesh, to_host
+    from qstar_jax.training.trainer import restore_params, train
+    from scale_workloads import assert_same, critic_data, flat
 
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(3, 40, (16, 12)).astype(np.int32)
-    lengths = np.full(16, 12, np.int32)
-    ends = np.tile(np.array([[3, 7, 11]], np.int32), (16, 1))
-    data = critic_arrays(tokens, lengths, ends, rng.random((16, 3)),
-                         np.ones((16, 3), bool))
-    config = TrainConfig(learning_rate=1e-3, warmup_steps=1, total_steps=4,
-                         batch_size=8, log_every=2)
+    def run(mesh=None, layout="replicated", **options):
+        critic, data, loss, config = critic_data(40, steps=6,
+                                                 checkpoint_every=3)
+        result = train(critic, data, loss, config, progress=False,
+                       mesh=mesh, param_layout=layout, **options)
+        params = nnx.state(critic, nnx.Param)
+        losses = np.array([r["loss"] for r in result.history])
+        return params, flat("", to_host(params)), losses
 
-    def run(mesh):
-        critic = Critic(tiny(vocab_size=40, num_layers=1), rngs=nnx.Rngs(0))
-        train(critic, data, critic_loss("mse"), config, progress=False,
-              mesh=mesh)
-        return critic
+    def shard_shape(params):
+        leaf = params["backbone"]["embed"]["embedding"][...]
+        return leaf.addressable_shards[0].data.shape
 
-    single, sharded = run(None), run(data_mesh())
-    leaf = jax.tree.leaves(nnx.state(sharded, nnx.Param))[0]
-    assert len(leaf.sharding.device_set) == 4, leaf.sharding
-    for a, b in zip(jax.tree.leaves(nnx.state(single, nnx.Param)),
-                    jax.tree.leaves(nnx.state(sharded, nnx.Param))):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
-                                   atol=1e-6)
+    _, single, single_loss = run()
+    assert len(single_loss) == 6 and single_loss[-1] < single_loss[0]
+    choices = [(data_mesh(8), "replicated", (40, 192)),
+               (make_mesh(MeshConfig(data=8)), "fsdp", (40, 24)),
+               (make_mesh(MeshConfig(data=4, model=2)), "tensor", (20, 192)),
+               (make_mesh(MeshConfig(data=2, model=4)), "fsdp", (40, 96))]
+    for mesh, layout, shape in choices:
+        name = f"{dict(mesh.shape)} {layout}"
+        params, got, loss = run(mesh, layout)
+        assert shard_shape(params) == shape, (name, shard_shape(params))
+        np.testing.assert_allclose(loss, single_loss, rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+        assert_same(single, got, name)
+
+    # Saved on one mesh and layout (FSDP over 8), resumed on another
+    # (tensor-parallel 4 x 2), restored onto a third and onto one device.
+    import tempfile
+    ckpt = tempfile.mkdtemp()
+    run(make_mesh(MeshConfig(data=8)), "fsdp", checkpoint_dir=ckpt,
+        stop_at=3)
+    tensor_mesh = make_mesh(MeshConfig(data=4, model=2))
+    params, got, loss = run(tensor_mesh, "tensor", checkpoint_dir=ckpt,
+                            resume=True)
+    np.testing.assert_allclose(loss, single_loss[3:], rtol=1e-5, atol=1e-6)
+    assert_same(single, got, "resumed on another mesh")
+    for mesh, layout, shape in [(make_mesh(MeshConfig(data=2, model=4)),
+                                 "tensor", (10, 192)),
+                                (None, "replicated", (40, 192))]:
+        critic, _, _, config = critic_data(40, steps=6, checkpoint_every=3)
+        restore_params(critic, ckpt, 6, config, mesh=mesh,
+                       param_layout=layout)
+        restored = nnx.state(critic, nnx.Param)
+        assert shard_shape(restored) == shape
+        for a, b in zip(jax.tree.leaves(to_host(restored)),
+                        jax.tree.leaves(to_host(params))):
+            np.testing.assert_array_equal(a, b)
     print("ok")
 """)
 
 
-def test_critic_training_sharded_over_four_devices_equals_single():
-    _run_on_four_devices(TRAIN_SCRIPT)
+def _run_on_eight_devices(script: str) -> None:
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="8", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join(
+                   [TESTS] + [p for p in [os.environ.get("PYTHONPATH")]
+                              if p]))
+    done = subprocess.run([sys.executable, "-c", script], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip().endswith("ok")
+
+
+def test_search_identical_for_every_sharding_on_eight_devices():
+    _run_on_eight_devices(SEARCH_SCRIPT)
+
+
+def test_training_and_checkpoints_across_meshes_on_eight_devices():
+    _run_on_eight_devices(TRAIN_SCRIPT)

@@ -16,6 +16,13 @@ Checkpoints: an Orbax `CheckpointManager` under `checkpoint_dir` stores
 {'params', 'opt_state'} at every `checkpoint_every` steps and at the end; the
 checkpoint's step number is the number of updates applied. Metrics are
 averaged over `log_every` steps and appended to `log_path` as JSON lines.
+
+Meshes: with `mesh=` every batch is split over the mesh's 'data' axis and
+the parameters and optimizer state take the `param_layout` of
+`partitioning` ('replicated': data parallel; 'fsdp': sharded over 'data';
+'tensor': split over 'model'). Checkpoints hold whole arrays, so a run
+saved on one mesh or layout resumes (or `restore_params` loads) on any
+other; restored arrays take the layout of the run that reads them.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from qstar_jax.parallel import replicate, shard_rows
+from qstar_jax.parallel import place_tree, shard_rows
+from qstar_jax.partitioning import param_specs
 
 LossFn = Callable[[nnx.Module, dict], tuple[jax.Array, dict]]
 
@@ -163,11 +171,24 @@ def restore_checkpoint(manager: ocp.CheckpointManager, step: int, params,
     return restored["params"], restored["opt_state"]
 
 
+def place_train_state(params, opt_state, mesh: jax.sharding.Mesh,
+                      layout: str):
+    """(params, opt_state) placed on `mesh` in a `partitioning` layout
+    (optimizer moments follow their parameters; step counters are
+    replicated)."""
+    return place_tree((params, opt_state), mesh,
+                      param_specs((params, opt_state), mesh, layout))
+
+
 def restore_params(model: nnx.Module, checkpoint_dir: str, step: int,
-                   config: TrainConfig) -> nnx.Module:
+                   config: TrainConfig, *,
+                   mesh: jax.sharding.Mesh | None = None,
+                   param_layout: str = "replicated") -> nnx.Module:
     """Loads the parameters of checkpoint `step` of a `train` run into
     `model` (in place; for example the step with the best validation
-    metric). Raises FileNotFoundError if that step was not kept."""
+    metric). With `mesh`, the parameters are restored straight into
+    `param_layout` on that mesh, whatever mesh saved them. Raises
+    FileNotFoundError if that step was not kept."""
     manager = _checkpoint_manager(checkpoint_dir, config)
     try:
         if step not in manager.all_steps():
@@ -176,6 +197,9 @@ def restore_params(model: nnx.Module, checkpoint_dir: str, step: int,
                 f"{sorted(manager.all_steps())})")
         params = nnx.state(model, nnx.Param)
         opt_state = make_optimizer(config).init(params)
+        if mesh is not None:
+            params, opt_state = place_train_state(params, opt_state, mesh,
+                                                  param_layout)
         params, _ = restore_checkpoint(manager, step, params, opt_state)
     finally:
         manager.close()
@@ -189,7 +213,8 @@ def train(model: nnx.Module, data: Mapping[str, np.ndarray], loss_fn: LossFn,
           progress: bool = True, stop_at: int | None = None,
           eval_fn: Callable[[nnx.Module], dict] | None = None,
           eval_every: int = 0,
-          mesh: jax.sharding.Mesh | None = None) -> TrainResult:
+          mesh: jax.sharding.Mesh | None = None,
+          param_layout: str = "replicated") -> TrainResult:
     """Trains the model's `nnx.Param`s on `data` with `loss_fn`.
 
     Args:
@@ -208,12 +233,17 @@ def train(model: nnx.Module, data: Mapping[str, np.ndarray], loss_fn: LossFn,
         end with the current parameters; its dict of floats is logged as a
         record {'step', 'eval/<name>': value}. It must not change the model.
       eval_every: steps between evaluations (0: only at the end).
-      mesh: a `parallel.data_mesh`: every batch is split over its 'data'
-        axis (batch_size must divide evenly) and the parameters and
-        optimizer state are replicated, so `jax.jit` runs the step data
-        parallel with the gradient all-reduce inserted by the compiler.
-        The result equals the single-device run up to float reduction
-        order.
+      mesh: a `parallel.make_mesh` or `parallel.data_mesh`: every batch
+        is split over its 'data' axis (batch_size must divide evenly) and
+        `jax.jit` partitions the step, inserting the gradient all-reduce
+        (or reduce-scatter). The result equals the single-device run up
+        to float reduction order. Works across processes
+        (`distributed.initialize`): every process runs `train` with the
+        same arguments and feeds its own shards.
+      param_layout: with `mesh`, where parameters and optimizer state
+        live: 'replicated' (every device), 'fsdp' (split over 'data') or
+        'tensor' (split over 'model'); see `partitioning`. They keep that
+        layout through the run and in the returned model.
 
     Returns:
       A `TrainResult`.
@@ -226,6 +256,10 @@ def train(model: nnx.Module, data: Mapping[str, np.ndarray], loss_fn: LossFn,
     params = jax.tree.map(jnp.copy, params)  # Never donate the model's own.
     tx = make_optimizer(config)
     opt_state = tx.init(params)
+    if mesh is not None:
+        # Placed before any restore, so checkpoints load into this layout.
+        params, opt_state = place_train_state(params, opt_state, mesh,
+                                              param_layout)
     manager = (_checkpoint_manager(checkpoint_dir, config)
                if checkpoint_dir else None)
     start = 0
@@ -245,9 +279,14 @@ def train(model: nnx.Module, data: Mapping[str, np.ndarray], loss_fn: LossFn,
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         return params, opt_state, metrics
 
-    if mesh is not None:
-        params, opt_state = replicate((params, opt_state), mesh)
-    step_fn = jax.jit(step_fn, donate_argnums=(0, 1))
+    if mesh is None:
+        step_fn = jax.jit(step_fn, donate_argnums=(0, 1))
+    else:  # Outputs keep the layout of the inputs.
+        layout = jax.tree.map(lambda x: x.sharding, (params, opt_state))
+        replicated = jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec())
+        step_fn = jax.jit(step_fn, donate_argnums=(0, 1),
+                          out_shardings=(*layout, replicated))
     schedule = learning_rate_schedule(config)
     end = config.total_steps if stop_at is None else min(stop_at,
                                                          config.total_steps)
@@ -261,9 +300,11 @@ def train(model: nnx.Module, data: Mapping[str, np.ndarray], loss_fn: LossFn,
         while step < end:
             idx = batch_indices(num_examples, config.batch_size, config.seed,
                                 step)
-            batch = {k: jnp.asarray(v[idx]) for k, v in data.items()}
-            if mesh is not None:
-                batch = shard_rows(batch, mesh)
+            if mesh is None:
+                batch = {k: jnp.asarray(v[idx]) for k, v in data.items()}
+            else:
+                batch = shard_rows({k: np.asarray(v[idx])
+                                    for k, v in data.items()}, mesh)
             params, opt_state, metrics = step_fn(params, opt_state, batch)
             step += 1
             pending.append(metrics)
