@@ -105,11 +105,12 @@ def _scores_at_step_ends(critic, data):
 
 def test_fqi_rounds_regress_onto_bellman_targets():
     """Every round regresses onto the whole array of NumPy Bellman targets
-    of the critic it starts from: the critic after the round equals the
-    same regression run by hand on `fqi_targets_numpy`'s targets, and the
-    squared error to those targets falls (full-batch steps at a gentle
-    rate: measured 0.27 -> 0.06 and 0.09 -> 0.03). Round 1 starts from a
-    zero head (Q_0 = 0), so its targets are the rewards."""
+    of the critic it starts from. Round 1 starts from a zero head (Q_0 = 0),
+    so its targets are the rewards; after round 2 (bootstrapped targets)
+    the critic equals the same regression run by hand on
+    `fqi_targets_numpy`'s targets. In both rounds the squared error to the
+    targets falls (full-batch steps at a gentle rate: measured 0.27 -> 0.06
+    and 0.09 -> 0.03)."""
     data, cand, cand_len, valid, reward, terminal = _fqi_setup()
     mask = data["mask"] > 0
     config = FqiConfig(iterations=1, gamma=0.9, score_batch=4,
@@ -126,20 +127,21 @@ def test_fqi_rounds_regress_onto_bellman_targets():
                                  0.9)[0].reshape(reward.shape)
         if round_ == 1:
             np.testing.assert_array_equal(want[mask], reward[mask])
-        else:
+        else:  # Bootstrapped targets: the regression run by hand.
             assert not np.array_equal(want[mask], reward[mask])
-        by_hand = nnx.clone(critic)
-        train(by_hand, dict(data, targets=np.where(mask, want, 0.0)
-                            .astype(np.float32)), critic_loss("mse"),
-              config.train, progress=False)
+            by_hand = nnx.clone(critic)
+            train(by_hand, dict(data, targets=np.where(mask, want, 0.0)
+                                .astype(np.float32)), critic_loss("mse"),
+                  config.train, progress=False)
         before = _scores_at_step_ends(critic, data)
         hist = fitted_q_iteration(critic, data, cand, cand_len, valid,
                                   reward, terminal, config, progress=False)
         after = _scores_at_step_ends(critic, data)
         assert hist[0]["mean_target"] == pytest.approx(want[mask].mean(),
                                                        rel=1e-6)
-        np.testing.assert_array_equal(after, _scores_at_step_ends(by_hand,
-                                                                  data))
+        if round_ == 2:
+            np.testing.assert_array_equal(
+                after, _scores_at_step_ends(by_hand, data))
         mse_before = np.mean((before - want)[mask] ** 2)
         mse_after = np.mean((after - want)[mask] ** 2)
         assert mse_after < 0.5 * mse_before, (round_, mse_before,
