@@ -1,8 +1,8 @@
 """One process of the two-process test (tests/test_multiprocess.py).
 
-Runs a Q* search with tensor-parallel models and four critic training steps
-with FSDP-sharded parameters, then writes the results gathered to the host
-as `<out>/process<id>.npz`. With --num-processes 1 it runs the same work on
+Runs a Q* search (`parallel.jit_rows`) with tensor-parallel models and
+four critic training steps with FSDP-sharded parameters, then writes the
+results gathered to the host as `<out>/process<id>.npz`. With --num-processes 1 it runs the same work on
 one device with no mesh (the reference). The work itself is defined in
 tests/scale_workloads.py, shared with tests/test_parallel.py.
 
@@ -37,8 +37,8 @@ def main():
     import jax
     from flax import nnx
 
-    from qstar_jax.parallel import (MeshConfig, make_mesh, replicate,
-                                    shard_rows, to_host)
+    from qstar_jax.parallel import (MeshConfig, jit_rows, make_mesh,
+                                    replicate, shard_rows, to_host)
     from qstar_jax.partitioning import shard_params
     from qstar_jax.search import qstar_search
     from qstar_jax.training.trainer import train
@@ -46,22 +46,25 @@ def main():
     vocab = 40
     models, tokens, lengths, keys, stop, config = search_problems(vocab, 4)
     critic, data, loss, train_config = critic_data(vocab)
-    search = jax.jit(qstar_search, static_argnames="config")
     if args.num_processes == 1:
-        result = search(models, tokens, lengths, keys, stop, config=config)
+        result = jax.jit(qstar_search, static_argnames="config")(
+            models, tokens, lengths, keys, stop, config=config)
         run = train(critic, data, loss, train_config, progress=False)
         meta = {}
     else:
         mesh = make_mesh(MeshConfig(data=2, model=2))
         local = {d.process_index for d in mesh.devices[:, 0]}
+        search = jit_rows(qstar_search, mesh, static_argnames=("config",))
         result = search(shard_params(models, mesh, "tensor"),
                         *shard_rows((tokens, lengths, keys), mesh),
                         replicate(stop, mesh), config=config)
+        tree_rows = result.tree.parent.addressable_shards[0].data.shape[0]
         run = train(critic, data, loss, train_config, progress=False,
                     mesh=mesh, param_layout="fsdp")
         leaf = nnx.state(critic, nnx.Param)["backbone"]["embed"][
             "embedding"][...]
         meta = {"meta.process_count": np.int32(jax.process_count()),
+                "meta.tree_rows_per_device": np.int32(tree_rows),
                 "meta.data_processes": np.int32(len(local)),
                 "meta.embedding_shard_shape": np.array(
                     leaf.addressable_shards[0].data.shape),

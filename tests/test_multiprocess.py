@@ -58,6 +58,7 @@ def test_two_processes_equal_one(tmp_path):
         got = np.load(tmp_path / "multi" / f"process{i}.npz")
         assert int(got["meta.process_count"]) == 2
         assert int(got["meta.data_processes"]) == 2   # 'data' spans both.
+        assert int(got["meta.tree_rows_per_device"]) == 2   # of 4 problems
         # FSDP: the [40, 192] embedding is split along its larger axis
         # over the 2 'data' rows of the mesh.
         assert tuple(got["meta.embedding_shard_shape"]) == (40, 96)
