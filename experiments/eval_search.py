@@ -26,6 +26,7 @@ validation set `--split train --offset 100000 --problems 128`):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -43,12 +44,32 @@ from qstar_jax.search.baselines import (majority_vote, sample_solutions,
 from qstar_jax.search.qstar import QStarConfig, QStarModels, qstar_search
 from qstar_jax.search.tree import trajectory_steps
 from qstar_jax.tasks.arithchain import ArithChain
+from qstar_jax.tasks.tiny_critics import load_critic
 from qstar_jax.tasks.tiny_policy import (encode_prompts, greedy_solutions,
                                          load_tiny_policy, stop_rule)
 
-from train_critics import load_critic
-
 QVMS = ("qvm_fqi", "qvm_pool", "qvm_stronger")
+
+
+def load_critics(args, policy) -> dict:
+    """The critics by name: --critic NAME=DIR (saved by `save_critic`), or
+    the PRM and QVMs of a `train_critics.py` run (--run-dir)."""
+    if args.critic:
+        out = {}
+        for item in args.critic:
+            name, _, path = item.partition("=")
+            out[name] = load_critic(path)
+        return out
+    from train_critics import load_critic as load_run_critic
+    return {name: load_run_critic(policy, args.run_dir, name)
+            for name in ("prm",) + tuple(args.qvms)}
+
+
+def critic_kind(name: str, critic) -> str:
+    """How best-of-N reads a critic: 'prm' (min over step scores) for PRMs,
+    value functions and sibling-trained QVMs with probability outputs, 'qvm'
+    (the last step) for value-scaled QVMs."""
+    return "prm" if name == "prm" or critic.output == "sigmoid" else "qvm"
 
 
 def _keys(seed: int, stream: int, n: int) -> jax.Array:
@@ -80,12 +101,13 @@ def best_of_n_rows(policy, critics, tokenizer, task, problems, tokens,
         texts += [[tokenizer.decode(cont[i, j, :cont_len[i, j]])
                    for j in range(n_max)] for i in range(len(cont))]
         for name, critic in critics.items():
-            kind = "prm" if name == "prm" else "qvm"
-            sc = np.asarray(score(critic, sols, kind=kind,
+            if critic.evidence is not None:
+                continue  # Needs per-step policy log-probabilities.
+            sc = np.asarray(score(critic, sols, kind=critic_kind(name, critic),
                                   aggregation="min"))
             scores[name].append(np.where(np.isnan(sc), -np.inf, sc))
     lens = np.concatenate(lens)
-    scores = {k: np.concatenate(v) for k, v in scores.items()}
+    scores = {k: np.concatenate(v) for k, v in scores.items() if v}
     correct = np.array([[task.reward(p, t) == 1.0 for t in row]
                         for p, row in zip(problems, texts)])
     answers = [[task.extract_answer(t) for t in row] for row in texts]
@@ -111,11 +133,11 @@ def best_of_n_rows(policy, critics, tokenizer, task, problems, tokens,
 
 
 def qstar_row(policy, prm, qvm, tokenizer, task, problems, tokens, lengths,
-              stop, args, lam: float) -> dict:
+              stop, args, lam: float, max_expansions: int) -> dict:
     """Q* with the PRM for g and one QVM for h, f = g + lam * h."""
     config = QStarConfig(
         search=AStarConfig(num_nodes=args.num_nodes,
-                           max_expansions=args.max_expansions,
+                           max_expansions=max_expansions,
                            num_trajectories=1, lam=lam,
                            aggregation="min", heuristic="edge"),
         proposer=ProposerConfig(num_steps=args.k, num_samples=args.m,
@@ -164,9 +186,56 @@ def baseline_rows(policy, critics, tokenizer, task, problems, tokens,
     return rows
 
 
+def plot_rows(rows: dict, path: str, n: int) -> None:
+    """Accuracy (95% Wilson interval) against generated tokens per problem;
+    best-of-N and majority vote rows joined across N, Q* rows per setting
+    joined across budgets."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from qstar_jax.learning.metrics import wilson_interval
+    series = {}
+    for name, row in rows.items():
+        if name.startswith("pass@"):
+            continue
+        key = name
+        if name.startswith("best-of-"):
+            key = "best-of-N " + name.split(" ", 1)[1]
+        elif " expansions" in name:
+            key = name.rsplit(" ", 2)[0]
+        series.setdefault(key, []).append(
+            (row["tokens_per_problem"], row["accuracy"]))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for key, points in sorted(series.items()):
+        points.sort()
+        x = [p[0] for p in points]
+        y = [100 * p[1] for p in points]
+        lo, hi = zip(*(wilson_interval(p[1] * n, n) for p in points))
+        err = [[100 * (p[1] - a) for p, a in zip(points, lo)],
+               [100 * (b - p[1]) for p, b in zip(points, hi)]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=key)
+    ax.set_xscale("log")
+    ax.set_xlabel("generated tokens per problem")
+    ax.set_ylabel(f"accuracy (%), {n} problems, 95% interval")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--run-dir", default=None,
+                        help="a train_critics.py run (its PRM and QVMs)")
+    parser.add_argument("--critic", action="append", default=[],
+                        metavar="NAME=DIR",
+                        help="a saved critic (tiny_critics.save_critic); "
+                             "replaces --run-dir")
+    parser.add_argument("--qstar", action="append", default=[],
+                        metavar="PRM:QVM",
+                        help="a Q* row with critic PRM for g and QVM for h "
+                             "(with --critic; default: PRM 'prm' with each "
+                             "of --qvms)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--problems", type=int, default=512)
     parser.add_argument("--split", default="test", choices=("test", "train"),
@@ -188,7 +257,12 @@ def main():
                         help="lambda of f = g + lambda * h; several values "
                              "give one row each (a sweep)")
     parser.add_argument("--num-nodes", type=int, default=64)
-    parser.add_argument("--max-expansions", type=int, default=20)
+    parser.add_argument("--max-expansions", type=int, nargs="+",
+                        default=[20],
+                        help="Q* expansion budgets (one row each)")
+    parser.add_argument("--plot", default=None,
+                        help="write a PNG of accuracy against generated "
+                             "tokens per problem")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--qvms", nargs="*", default=list(QVMS),
                         help="QVMs searched with Q* (and reranked)")
@@ -203,8 +277,11 @@ def main():
         args.offset:args.offset + args.problems]
     tokens, lengths = encode_prompts(tokenizer, task, problems, width=96)
     stop = stop_rule(tokenizer)
-    critics = {name: load_critic(policy, args.run_dir, name)
-               for name in ("prm",) + tuple(args.qvms)}
+    if not args.critic and args.run_dir is None:
+        parser.error("give --critic NAME=DIR or --run-dir")
+    critics = load_critics(args, policy)
+    pairs = ([tuple(p.split(":")) for p in args.qstar] if args.qstar
+             else [("prm", name) for name in args.qvms])
 
     rows = {}
     if os.path.exists(args.out):
@@ -220,18 +297,27 @@ def main():
     if not args.skip_baselines:
         rows.update(baseline_rows(policy, critics, tokenizer, task,
                                   problems, tokens, lengths, stop, args))
-    for name in args.qvms:
-        for lam in args.lam:
-            row = (f"Q* (PRM + {name})" if len(args.lam) == 1 else
-                   f"Q* (PRM + {name}, lambda={lam:g})")
+    for prm, qvm in pairs:
+        for lam, budget in itertools.product(args.lam, args.max_expansions):
+            label = "PRM + " + qvm if prm == "prm" else f"{prm} + {qvm}"
+            row = (f"Q* ({label})" if len(args.lam) == 1 else
+                   f"Q* ({label}, lambda={lam:g})")
+            if len({args.temperature, 0.3}) > 1 or args.m != 8:
+                row += f" T={args.temperature:g} M={args.m}"
+            if budget != 20:
+                row += f" {budget} expansions"
             rows[row] = {**qstar_row(
-                policy, critics["prm"], critics[name], tokenizer, task,
-                problems, tokens, lengths, stop, args, lam), "lambda": lam}
+                policy, critics[prm], critics[qvm], tokenizer, task,
+                problems, tokens, lengths, stop, args, lam, budget),
+                "lambda": lam, "temperature": args.temperature, "k": args.k,
+                "m": args.m, "max_expansions": budget}
             print(row, rows[row], flush=True)
     result = {"problems": args.problems, "args": vars(args), "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
+    if args.plot:
+        plot_rows(rows, args.plot, len(problems))
     print("| method | accuracy | generated tokens / problem |")
     print("|---|---|---|")
     for name, row in rows.items():

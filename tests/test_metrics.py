@@ -126,3 +126,16 @@ def test_regression_metrics():
     assert math.isnan(regression_metrics([1.0, 2.0], [3.0, 3.0])["pearson"])
     assert math.isnan(regression_metrics([1.0], [2.0])["pearson"])
     assert math.isnan(regression_metrics([], [])["mse"])
+
+
+def test_wilson_interval_matches_the_closed_form_values():
+    from qstar_jax.learning.metrics import wilson_interval
+    # Known values (Wilson 1927; e.g. Newcombe 1998, Table I: 81/263).
+    lo, hi = wilson_interval(81, 263)
+    assert (round(lo, 4), round(hi, 4)) == (0.2553, 0.3662)
+    lo, hi = wilson_interval(5, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
+    assert wilson_interval(0, 20)[0] == 0.0
+    assert wilson_interval(20, 20)[1] == 1.0
+    with pytest.raises(ValueError):
+        wilson_interval(1, 0)

@@ -193,3 +193,24 @@ def regression_metrics(pred: np.ndarray, target: np.ndarray,
                else float("nan"))
     return {"n": n, "mse": float((err * err).mean()),
             "mae": float(np.abs(err).mean()), "pearson": pearson}
+
+
+def wilson_interval(successes: float, n: int,
+                    z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95% by default).
+
+    Args:
+      successes: correct outcomes (may be fractional: a mean times n).
+      n: trials (> 0).
+      z: the normal quantile (1.959964 for 95%).
+
+    Returns:
+      (low, high) in [0, 1].
+    """
+    if n <= 0:
+        raise ValueError(f"n must be > 0, got {n}")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

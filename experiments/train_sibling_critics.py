@@ -1,0 +1,398 @@
+"""Trains ArithChain critics on sibling contrasts and measures how well they
+rank sibling steps.
+
+Reads the labelled candidate stores of `experiments/sibling_data.py` (same
+--run-dir) and trains one critic per --variant (the registry below: losses,
+backbone, evidence, training data), each under <run-dir>/critics/<variant>/:
+AdamW, batch 32 rollouts, evaluated every half epoch on the validation
+pairs (training problems never trained on), keeping the evaluation with
+the best validation pairwise accuracy (early stopping). Every variant is
+then scored on the held-out test pairs; for critics that do not read the
+policy's evidence, also `critic + beta * log-probability` with beta chosen
+on validation. The policy's log-probability alone is the baseline.
+
+Writes <run-dir>/sibling_results.json (or --out).
+
+Usage:
+  python experiments/train_sibling_critics.py --run-dir runs/siblings \\
+      --variant listwise_bce --variant pairwise_bce
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from qstar_jax.learning import (binary_metrics, critic_arrays, critic_loss,
+                                final_outcome_labels, load_rollouts,
+                                outcome_value_labels, step_scores)
+from qstar_jax.learning.siblings import (pairwise_accuracy, score_siblings,
+                                         sibling_arrays, sibling_loss,
+                                         unpack_candidates)
+from qstar_jax.models.config import tiny
+from qstar_jax.tasks.tiny_critics import (CriticSpec, build_critic,
+                                          load_critic, read_spec,
+                                          round_to_stored, save_critic)
+from qstar_jax.tasks.tiny_policy import load_tiny_policy
+from qstar_jax.training.trainer import TrainConfig, restore_params, train
+
+BETAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+"""Weights of the policy log-probability tried on validation."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Variant:
+    """One critic to train.
+
+    Attributes:
+      spec: what the critic is (role, backbone, evidence).
+      labels: 'siblings' (the labelled candidate steps, `sibling_loss`),
+        'value' (every state of a rollout takes the rollout's outcome) or
+        'outcome' (the outcome at a finished solution's end), the last two
+        trained with BCE on the on-policy training rollouts.
+      pointwise, ranking, ranking_weight: the loss (`sibling_loss`).
+      sources: training stores used ('train_policy', 'train_gold').
+      lr: peak learning rate; epochs: passes over the training rows.
+    """
+
+    spec: CriticSpec
+    labels: str = "siblings"
+    pointwise: str | None = "bce"
+    ranking: str | None = "listwise"
+    ranking_weight: float = 1.0
+    sources: tuple[str, ...] = ("train_policy", "train_gold")
+    lr: float = 3e-4
+    epochs: float = 2.0
+
+
+QVM = CriticSpec(role="qvm", output="sigmoid")
+WIDE = dict(vocab_size=323, hidden_size=384, num_layers=4, num_heads=12,
+            num_kv_heads=4, head_dim=32, intermediate_size=1024,
+            max_seq_len=256)
+VARIANTS = {
+    "bce": Variant(spec=QVM, ranking=None),
+    "listwise": Variant(spec=CriticSpec(role="qvm"), pointwise=None),
+    "pairwise": Variant(spec=CriticSpec(role="qvm"), pointwise=None,
+                        ranking="pairwise"),
+    "listwise_bce": Variant(spec=QVM),
+    "pairwise_bce": Variant(spec=QVM, ranking="pairwise"),
+    "listwise_bce_policy_only": Variant(spec=QVM, sources=("train_policy",)),
+    "listwise_bce_gold_only": Variant(spec=QVM, sources=("train_gold",)),
+    "evidence_listwise_bce": Variant(spec=dataclasses.replace(
+        QVM, evidence=True)),
+    "frozen_evidence_listwise_bce": Variant(
+        spec=dataclasses.replace(QVM, evidence=True, backbone="frozen"),
+        lr=1e-3),
+    "wide_listwise_bce": Variant(spec=dataclasses.replace(
+        QVM, backbone="new", decoder=dataclasses.asdict(tiny(**WIDE)))),
+    "value": Variant(spec=CriticSpec(role="value", output="sigmoid"),
+                     labels="value", ranking=None,
+                     sources=("train_policy",)),
+    "orm": Variant(spec=CriticSpec(role="orm", output="sigmoid"),
+                   labels="outcome", ranking=None,
+                   sources=("train_policy",)),
+}
+
+
+def load_store(run_dir: str, name: str):
+    """(rollouts, labels) of one store written by sibling_data.py."""
+    path = os.path.join(run_dir, name)
+    return load_rollouts(path), np.load(os.path.join(path, "labels.npy"))
+
+
+def subsample(ds, labels, max_candidates: int | None, seed: int):
+    """The first rollouts of a seeded permutation holding about
+    `max_candidates` labelled candidates (all of them for None)."""
+    if max_candidates is None:
+        return ds, labels
+    order = np.random.default_rng(seed).permutation(ds.num_rollouts)
+    counts = np.isfinite(labels).sum(axis=(1, 2))[order]
+    keep = order[:int(np.searchsorted(np.cumsum(counts), max_candidates))
+                 + 1]
+    keep = np.sort(keep)
+    return ds.select(keep), labels[keep]
+
+
+def merge_arrays(parts: list[dict]) -> dict:
+    """Concatenates trainer data dicts, padding every trailing axis to the
+    largest part (C, L, T; packed slots with their empty-slot fillers)."""
+    fill = {"cand_prefix": 1, "cand_group": -1, "cand_index": -1,
+            "step_ends": -1}
+    out = {}
+    for k in parts[0]:
+        shape = np.max([p[k].shape[1:] for p in parts], axis=0)
+        out[k] = np.concatenate([
+            np.pad(p[k], [(0, 0)] + [(0, int(w) - d) for w, d in
+                                     zip(shape, p[k].shape[1:])],
+                   constant_values=fill.get(k, 0)) for p in parts])
+    return out
+
+
+def accuracy_with_beta(scores, logp, labels, beta) -> tuple[float, int]:
+    return pairwise_accuracy(scores + beta * logp, labels)
+
+
+def evaluate(critic, data, ds, labels, *, beta_from=None) -> dict:
+    """Pairwise accuracy of the critic (and with the log-probability)."""
+    packed = score_siblings(critic, data, batch_size=64)
+    scores = unpack_candidates(data, packed, ds.cand_valid.shape)
+    acc, pairs = pairwise_accuracy(scores, labels)
+    out = {"pairwise_accuracy": acc, "pairs": pairs}
+    if critic.evidence is None:
+        logp = np.where(ds.cand_valid, ds.cand_log_probs, 0.0)
+        if beta_from is None:
+            grid = {b: accuracy_with_beta(scores, logp, labels, b)[0]
+                    for b in BETAS}
+            out["beta"] = max(grid, key=lambda b: (grid[b], -b))
+            out["beta_grid"] = grid
+        else:
+            out["beta"] = beta_from
+        out["with_log_prob"] = accuracy_with_beta(scores, logp, labels,
+                                                  out["beta"])[0]
+    return out
+
+
+def rollout_labels(ds, kind: str):
+    """(targets, mask) [R, S] of the value ('value') or ORM ('outcome')."""
+    if kind == "value":
+        return outcome_value_labels(ds.outcome, ds.num_steps,
+                                    ds.step_ends.shape[1])
+    return final_outcome_labels(ds.outcome, ds.num_steps, ds.finished,
+                                ds.step_ends.shape[1])
+
+
+def rollout_metrics(critic, ds, kind: str) -> dict:
+    """AlphaLLM Table 8 metrics of a value function or an ORM against the
+    rollouts' graded outcomes (probabilities: the scores are logits)."""
+    targets, mask = rollout_labels(ds, kind)
+    scores = step_scores(critic, ds.tokens, ds.lengths, ds.step_ends,
+                         progress=False)
+    m = binary_metrics(scores[mask], targets[mask], scores_are_logits=True)
+    return {k: m[k] for k in ("accuracy", "auc", "ece", "precision",
+                              "recall")}
+
+
+def training_data(args, variant):
+    """(trainer data, loss function, labelled items) of a variant."""
+    parts, count = [], 0
+    for source in variant.sources:
+        ds, labels = load_store(args.run_dir, source)
+        share = (None if args.max_candidates is None
+                 else args.max_candidates // len(variant.sources))
+        ds, labels = subsample(ds, labels, share, args.seed)
+        if variant.labels == "siblings":
+            count += int(np.isfinite(labels).sum())
+            parts.append(sibling_arrays(ds, labels))
+        else:
+            targets, mask = rollout_labels(ds, variant.labels)
+            count += int(mask.sum())
+            parts.append(critic_arrays(ds.tokens[:, :int(ds.lengths.max())],
+                                       ds.lengths, ds.step_ends, targets,
+                                       mask))
+    data = merge_arrays(parts)
+    if variant.labels == "siblings":
+        data.pop("row"), data.pop("cand_index")
+        loss = sibling_loss(variant.pointwise, variant.ranking,
+                            ranking_weight=variant.ranking_weight)
+    else:
+        loss = critic_loss("bce")
+    return data, loss, count
+
+
+def train_variant(args, name, variant, policy, valid, test) -> dict:
+    out_dir = os.path.join(args.run_dir, "critics", name)
+    result_path = os.path.join(out_dir, "result.json")
+    if os.path.exists(result_path):
+        with open(result_path) as f:
+            return json.load(f)
+    data, loss, count = training_data(args, variant)
+    critic = build_critic(variant.spec, policy, seed=args.seed)
+    epoch = max(1, len(data["tokens"]) // args.batch_size)
+    every = max(1, epoch // 2)
+    steps = max(1, round(variant.epochs * epoch))
+    config = TrainConfig(learning_rate=variant.lr,
+                         warmup_steps=min(50, steps // 5), total_steps=steps,
+                         batch_size=args.batch_size, weight_decay=0.0,
+                         checkpoint_every=every,
+                         max_checkpoints=steps // every + 2, log_every=25,
+                         seed=args.seed)
+    if variant.labels == "siblings":
+        metric = "pairwise_accuracy"
+
+        def measure(model, split, **kw):
+            return evaluate(model, *split, **kw)
+    else:
+        metric = "auc"
+
+        def measure(model, split, **kw):
+            return rollout_metrics(model, split[1], variant.labels)
+
+    def eval_fn(model):
+        return {metric: measure(model, valid)[metric]}
+
+    ckpt = os.path.join(out_dir, "checkpoints")
+    log = os.path.join(out_dir, "log.jsonl")
+    t0 = time.time()
+    train(critic, data, loss, config, checkpoint_dir=ckpt, resume=True,
+          eval_fn=eval_fn, eval_every=every, log_path=log)
+    with open(log) as f:
+        records = [json.loads(line) for line in f]
+    evals = [r for r in records if f"eval/{metric}" in r]
+    best = max(evals, key=lambda r: (r[f"eval/{metric}"], -r["step"]))
+    restore_params(critic, ckpt, best["step"], config)
+    round_to_stored(critic)
+    v = measure(critic, valid)
+    t = measure(critic, test, beta_from=v.get("beta"))
+    result = {"variant": name, "spec": dataclasses.asdict(variant.spec),
+              "labels": variant.labels,
+              "loss": {"pointwise": variant.pointwise,
+                       "ranking": variant.ranking,
+                       "ranking_weight": variant.ranking_weight},
+              "sources": list(variant.sources), "lr": variant.lr,
+              "epochs": variant.epochs, "train_rows": len(data["tokens"]),
+              "train_labels": count, "steps": steps,
+              "selected_step": best["step"], "selected_by": metric,
+              "parameters": critic.backbone.config.num_parameters(),
+              "train_seconds": round(time.time() - t0, 1),
+              "command": "python experiments/train_sibling_critics.py "
+                         + " ".join(sys.argv[1:]),
+              "valid": v, "test": t}
+    critic.output = variant.spec.output
+    save_critic(critic, out_dir, variant.spec, {"result": result})
+    with open(result_path, "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def eval_store(run_dir, name):
+    ds, labels = load_store(run_dir, name)
+    return sibling_arrays(ds, labels), ds, labels
+
+
+SAMPLE_ROLLOUTS = 96
+"""Test rollouts of the recorded held-out sample the asset test rescores."""
+
+
+def ship(args, pairs: list[str], test) -> None:
+    """Copies trained variants into the package assets as shipped critics.
+
+    Each --ship VARIANT:NAME writes qstar_jax/assets/tiny_critics/NAME/
+    (params, config, training_log.json with the curve, the result and, on
+    the recorded held-out sample, the pairwise accuracy or AUC and the
+    first scores, measured on the shipped float16 parameters). The sample
+    is the first SAMPLE_ROLLOUTS test rollouts, stored once as
+    heldout_sample.npz beside the critics.
+    """
+    from qstar_jax.tasks.tiny_critics import ASSET_DIR
+    test_data, test_ds, test_labels = test
+    rows = np.arange(SAMPLE_ROLLOUTS)
+    sample_ds, sample_labels = test_ds.select(rows), test_labels[rows]
+    sample = sibling_arrays(sample_ds, sample_labels)
+    targets, mask = rollout_labels(sample_ds, "value")
+    os.makedirs(ASSET_DIR, exist_ok=True)
+    np.savez_compressed(
+        os.path.join(ASSET_DIR, "heldout_sample.npz"), labels=sample_labels,
+        step_ends=sample_ds.step_ends, outcome=sample_ds.outcome,
+        num_steps=sample_ds.num_steps, finished=sample_ds.finished,
+        problem_index=sample_ds.problem_index,
+        cand_valid=sample_ds.cand_valid, rollout_tokens=sample_ds.tokens,
+        rollout_lengths=sample_ds.lengths, **sample)
+    for item in pairs:
+        variant, _, name = item.partition(":")
+        src = os.path.join(args.run_dir, "critics", variant)
+        critic = load_critic(src)
+        with open(os.path.join(src, "result.json")) as f:
+            result = json.load(f)
+        with open(os.path.join(src, "log.jsonl")) as f:
+            curve = [json.loads(line) for line in f]
+        if result["labels"] == "siblings":
+            packed = score_siblings(critic, sample, batch_size=32)
+            scores = unpack_candidates(sample, packed,
+                                       sample_ds.cand_valid.shape)
+            acc, count = pairwise_accuracy(scores, sample_labels)
+            recorded = {"pairwise_accuracy": acc, "pairs": count,
+                        "first_scores": packed[0].tolist()}
+        else:
+            recorded = rollout_metrics(critic, sample_ds, result["labels"])
+            recorded["first_scores"] = step_scores(
+                critic, sample_ds.tokens[:1], sample_ds.lengths[:1],
+                sample_ds.step_ends[:1], progress=False)[0].tolist()
+        spec, _, config = read_spec(src)
+        out = os.path.join(ASSET_DIR, name)
+        save_critic(critic, out, spec, {
+            "trained_as": variant,
+            "data_command": "python experiments/sibling_data.py --run-dir "
+                            + args.run_dir,
+            "train_command": result["command"],
+            "result": result})
+        log = {"result": result, "curve": curve,
+               "heldout_sample": {"rollouts": SAMPLE_ROLLOUTS,
+                                  "file": "../heldout_sample.npz",
+                                  **recorded}}
+        with open(os.path.join(out, "training_log.json"), "w") as f:
+            json.dump(log, f, indent=1)
+        print(f"shipped {variant} as {out}", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--variant", action="append", choices=VARIANTS,
+                        default=[])
+    parser.add_argument("--ship", action="append", default=[],
+                        metavar="VARIANT:NAME",
+                        help="copy a trained variant (its directory name) "
+                             "into qstar_jax/assets/tiny_critics/NAME")
+    parser.add_argument("--max-candidates", type=int, default=None,
+                        help="train on a seeded subset of about this many "
+                             "labelled candidates (split over the sources)")
+    parser.add_argument("--sources", nargs="+", default=None,
+                        choices=("train_policy", "train_gold"),
+                        help="override the variants' training stores")
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="override the variants' epochs")
+    parser.add_argument("--suffix", default="",
+                        help="appended to each variant's directory name")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    policy, _, _ = load_tiny_policy()
+    valid, test = (eval_store(args.run_dir, n) for n in ("valid", "test"))
+    out_path = args.out or os.path.join(args.run_dir, "sibling_results.json")
+    results = {}
+    if os.path.exists(out_path):
+        with open(out_path) as f:
+            results = json.load(f)
+    for split, (_, ds, labels) in (("valid", valid), ("test", test)):
+        acc, pairs = pairwise_accuracy(
+            np.where(ds.cand_valid, ds.cand_log_probs, -np.inf), labels)
+        results.setdefault("policy_log_prob", {})[split] = {
+            "pairwise_accuracy": acc, "pairs": pairs}
+    for name in args.variant:
+        key = name + args.suffix
+        variant = VARIANTS[name]
+        if args.sources:
+            variant = dataclasses.replace(variant,
+                                          sources=tuple(args.sources))
+        if args.epochs:
+            variant = dataclasses.replace(variant, epochs=args.epochs)
+        results[key] = train_variant(args, key, variant, policy, valid,
+                                     test)
+        print(key, json.dumps({s: results[key][s] for s in ("valid",
+                                                           "test")}),
+              flush=True)
+        with open(out_path, "w") as f:
+            json.dump(results, f, indent=1)
+    if args.ship:
+        ship(args, args.ship, test)
+
+
+if __name__ == "__main__":
+    main()
