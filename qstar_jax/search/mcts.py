@@ -83,29 +83,33 @@ def _take(x: jax.Array, index: jax.Array) -> jax.Array:
 
 def _backup(tree: Tree, path: jax.Array, leaf_value: jax.Array,
             backed: jax.Array, discount: float) -> Tree:
-    """Mean backup along [B, S, D + 1] paths of leaves with [B, S] values."""
-    b, s, width = path.shape
-    length = jnp.sum(path >= 0, axis=2) - 1                       # leaf at
-    reward = jnp.where(path >= 0, node_values(
-        tree.reward, path.reshape(b, s * width)).reshape(b, s, width), 0.0)
+    """Mean backup along [B, S, D + 1] paths of leaves with [B, S] values.
 
-    def up(carry, j):
-        ret, below = carry                       # below: reward of j + 1
-        ret = jnp.where(j == length, leaf_value,
-                        jnp.where(j < length, below + discount * ret, ret))
-        return (ret, reward[:, :, j]), ret
-
-    _, returns = jax.lax.scan(
-        up, (jnp.zeros((b, s), jnp.float32), jnp.zeros((b, s), jnp.float32)),
-        jnp.arange(width - 1, -1, -1))
-    returns = jnp.moveaxis(returns[::-1], 0, 2)                  # [B, S, W]
-    use = (path >= 0) & backed[..., None]
-    target = jnp.where(use, path, tree.capacity).reshape(b, s * width)
+    A loop from the deepest leaf of the batch up to the root (not over all
+    D + 1 levels): at level j, each path's node gets G_j (G = the leaf's
+    value at its own level, then reward(child) + discount * G).
+    """
+    b, s, _ = path.shape
+    length = jnp.where(backed, jnp.sum(path >= 0, axis=2) - 1, -1)
     rows = jnp.arange(b)[:, None]
-    return tree.replace(
-        visit_count=tree.visit_count.at[rows, target].add(1, mode="drop"),
-        value_sum=tree.value_sum.at[rows, target].add(
-            returns.reshape(b, s * width), mode="drop"))
+
+    def body(carry):
+        j, ret, below, visits, total = carry       # below: reward at j + 1
+        node = jax.lax.dynamic_index_in_dim(path, j, axis=2,
+                                            keepdims=False)     # [B, S]
+        ret = jnp.where(j == length, leaf_value, below + discount * ret)
+        use = (j <= length) & (node >= 0)
+        target = jnp.where(use, node, tree.capacity)
+        visits = visits.at[rows, target].add(1, mode="drop")
+        total = total.at[rows, target].add(ret, mode="drop")
+        below = jnp.where(use, node_values(tree.reward, node), 0.0)
+        return j - 1, ret, below, visits, total
+
+    zeros = jnp.zeros((b, s), jnp.float32)
+    _, _, _, visits, total = jax.lax.while_loop(
+        lambda carry: carry[0] >= 0, body,
+        (jnp.max(length), zeros, zeros, tree.visit_count, tree.value_sum))
+    return tree.replace(visit_count=visits, value_sum=total)
 
 
 def _iteration(i, tree: Tree, stats: MCTSStats, gumbel: jax.Array,

@@ -23,7 +23,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from qstar_jax.search.mcts_select import allowed_width, select_edge
+from qstar_jax.search.mcts_select import (allowed_width, edge_stats,
+                                          select_edge)
 from qstar_jax.search.mcts_types import (COLLISION, EXPAND, NONE, REVISIT,
                                          MCTSConfig, MCTSNodes)
 from qstar_jax.search.tree import Tree, node_values
@@ -70,10 +71,10 @@ def descend(tree: Tree, running: jax.Array, gumbel: jax.Array,
     path = jnp.full((b, d + 1), -1, jnp.int32).at[:, 0].set(Tree.ROOT)
     c = tree.max_children
 
-    def body(carry):
+    def body(carry, at_root: bool):
         step, node, path, done, kind, edge = carry
+        e = edge_stats(tree, node, pending, config)
         depth = node_values(tree.depth, node)
-        child_of = node_values(tree.children_index, node)          # [B, C]
         leaf = node_values(tree.terminal, node) | (depth >= d)
         if reserved is not None:
             r_kind, r_node, r_edge, s = reserved
@@ -83,27 +84,24 @@ def descend(tree: Tree, running: jax.Array, gumbel: jax.Array,
                 r_edge[..., None] == jnp.arange(c)), axis=1)       # [B, C]
             reserved_new = jnp.sum(mine, axis=1)
         else:
-            blocked = jnp.zeros((b, c), bool)
-            reserved_new = 0
+            blocked, reserved_new = None, 0
+        exists = e.child >= 0
         if config.expansion == "widening":
-            exists = child_of >= 0
             count = jnp.sum(exists, axis=1)
             saturated = node_values(nodes.saturated, node)
             leaf = leaf | (saturated & (count == 0))
-            free = ~exists & ~blocked
+            free = ~exists if blocked is None else ~exists & ~blocked
             width = allowed_width(depth, node_values(nodes.importance, node),
                                   config)
             widen = (~leaf & ~saturated & (count + reserved_new < width)
                      & jnp.any(free, axis=1))
             widen_edge = jnp.argmax(free, axis=1).astype(jnp.int32)
         else:
-            priors = node_values(tree.children_prior_logits, node)
-            leaf = leaf | ~jnp.any(priors > -jnp.inf, axis=1)
+            leaf = leaf | ~jnp.any(e.valid, axis=1)
             widen = jnp.zeros((b,), bool)
             widen_edge = jnp.zeros((b,), jnp.int32)
-        chosen, can = select_edge(tree, node, node == Tree.ROOT, pending,
-                                  blocked, gumbel, config)
-        child = child_of[rows, chosen]
+        chosen, can = select_edge(e, at_root, blocked, gumbel, config)
+        child = e.child[rows, chosen]
         now = jnp.where(leaf, REVISIT, jnp.where(widen, EXPAND, jnp.where(
             ~can, COLLISION, jnp.where(child < 0, EXPAND, _CONTINUE))))
         stop = ~done & (now != _CONTINUE)
@@ -116,9 +114,11 @@ def descend(tree: Tree, running: jax.Array, gumbel: jax.Array,
         return step + 1, node, path, done | stop, kind, edge
 
     zeros = jnp.zeros((b,), jnp.int32)
-    init = (jnp.int32(0), zeros, path, ~running, zeros + NONE, zeros)
+    # The first step is at the roots (their own rule), the rest inside.
+    carry = body((jnp.int32(0), zeros, path, ~running, zeros + NONE, zeros),
+                 True)
     _, node, path, _, kind, edge = jax.lax.while_loop(
-        lambda carry: jnp.any(~carry[3]), body, init)
+        lambda carry: jnp.any(~carry[3]), lambda c: body(c, False), carry)
     return kind, node, edge, path
 
 

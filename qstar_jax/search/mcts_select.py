@@ -177,9 +177,10 @@ def puct_scores(e: EdgeStats, config: MCTSConfig) -> jax.Array:
     return transformed_q(e, config) + policy
 
 
-def gumbel_interior_scores(e: EdgeStats, config: MCTSConfig) -> jax.Array:
-    """[B, C] Gumbel MuZero's deterministic interior selection."""
-    logits = jnp.where(e.valid, e.logits + completed_q(e, config), -jnp.inf)
+def gumbel_interior_scores(e: EdgeStats, q: jax.Array) -> jax.Array:
+    """[B, C] Gumbel MuZero's deterministic interior selection (q is
+    `completed_q(e, config)`)."""
+    logits = jnp.where(e.valid, e.logits + q, -jnp.inf)
     top = jnp.max(logits, axis=1, keepdims=True)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
     w = jnp.where(e.valid, jnp.exp(logits - top), 0.0)
@@ -221,12 +222,13 @@ def considered_table(max_considered: int, num_simulations: int) -> np.ndarray:
                        for m in range(max_considered + 1)], np.int32)
 
 
-def gumbel_root_scores(e: EdgeStats, gumbel: jax.Array,
+def gumbel_root_scores(e: EdgeStats, gumbel: jax.Array, q: jax.Array,
                        config: MCTSConfig) -> jax.Array:
     """[B, C] sequential halving with Gumbel noise at the root.
 
     Only edges whose visit count equals the schedule's count for this
-    simulation (the number of root visits so far) are considered.
+    simulation (the number of root visits so far) are considered; q is
+    `completed_q(e, config)`.
     """
     table = jnp.asarray(considered_table(config.max_considered,
                                          config.num_simulations))
@@ -235,7 +237,7 @@ def gumbel_root_scores(e: EdgeStats, gumbel: jax.Array,
     sim = jnp.minimum(jnp.sum(e.visits, axis=1).astype(jnp.int32),
                       config.num_simulations - 1)
     wanted = table[m, sim].astype(jnp.float32)
-    return halving_score(e, gumbel, completed_q(e, config), wanted)
+    return halving_score(e, gumbel, q, wanted)
 
 
 def halving_score(e: EdgeStats, gumbel: jax.Array, q: jax.Array,
@@ -249,42 +251,40 @@ def halving_score(e: EdgeStats, gumbel: jax.Array, q: jax.Array,
 
 
 def rule_scores(rule: str, e: EdgeStats, config: MCTSConfig, at_root: bool,
-                gumbel: jax.Array) -> jax.Array:
-    """[B, C] the scores of `rule` ('gumbel' at the root: halving)."""
+                gumbel: jax.Array, q: jax.Array | None) -> jax.Array:
+    """[B, C] the scores of `rule` ('gumbel' at the root: halving; q is
+    `completed_q(e, config)` for 'gumbel', else unused)."""
     if rule == "ucb":
         return ucb_scores(e, config)
     if rule == "puct":
         return puct_scores(e, config)
     if at_root:
-        return gumbel_root_scores(e, gumbel, config)
-    return gumbel_interior_scores(e, config)
+        return gumbel_root_scores(e, gumbel, q, config)
+    return gumbel_interior_scores(e, q)
 
 
-def select_edge(tree: Tree, node: jax.Array, at_root: jax.Array,
-                pending: jax.Array | None, blocked: jax.Array,
+def select_edge(e: EdgeStats, at_root: bool, blocked: jax.Array | None,
                 gumbel: jax.Array, config: MCTSConfig
                 ) -> tuple[jax.Array, jax.Array]:
-    """The edge each row takes at `node`.
+    """The edge each row takes at the nodes of `e`.
 
     Args:
-      tree, node [B], pending ([B, N] or None), config: as `edge_stats`.
-      at_root: [B] bool the node is the root (its rule is `root_rule`).
+      e: the nodes' `EdgeStats`.
+      at_root: the nodes are the roots (static: a descent's first step), so
+        `config.root_rule` applies.
       blocked: [B, C] bool edges that may not be taken (reserved by an
-        earlier simulation of the iteration).
+        earlier simulation of the iteration), or None.
       gumbel: [B, C] float32 the rows' root Gumbel noise.
+      config: the settings.
 
     Returns:
       edge [B] int32 and ok [B] bool (some edge could be taken).
     """
-    e = edge_stats(tree, node, pending, config)
-    allowed = e.valid & ~blocked
-    inner = rule_scores(config.selection, e, config, False, gumbel)
-    if config.root_rule == config.selection and config.selection != "gumbel":
-        score = inner
-    else:
-        root = rule_scores(config.root_rule, e, config, True, gumbel)
-        score = jnp.where(at_root[:, None], root, inner)
-    score = jnp.where(allowed, score, -jnp.inf)
+    allowed = e.valid if blocked is None else e.valid & ~blocked
+    rule = config.root_rule if at_root else config.selection
+    q = completed_q(e, config) if rule == "gumbel" else None
+    score = jnp.where(allowed, rule_scores(rule, e, config, at_root, gumbel,
+                                           q), -jnp.inf)
     best = jnp.max(score, axis=1, keepdims=True)
     # Lowest edge among the best (an all -inf row picks among allowed).
     pick = allowed & ((score == best) | (best == -jnp.inf))
