@@ -8,10 +8,11 @@ The library uses one device mesh with up to two axes:
   (tensor parallelism, `partitioning.shard_params(..., 'tensor')`); with
   size 1 (the default) the mesh is purely data parallel.
 
-`jax.jit` then partitions prefill, the decode loop, the search loop and the
-training step with no change to that code (the compiler inserts the
-collectives). Two wrappers cover functions that build per-row state of
-their own, such as searches (plain `jax.jit` would replicate their trees):
+`jax.jit` then partitions prefill, the decode loop and the training step
+with no change to that code (the compiler inserts the collectives). Two
+wrappers cover functions that build per-row state of their own, such as
+searches (under plain `jax.jit` their trees would be replicated and every
+device would repeat the whole batch):
 
 * `map_rows`: an explicit per-device program (`jax.shard_map` over
   'data'): each device loops over its own rows with no communication at
