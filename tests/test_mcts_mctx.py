@@ -109,3 +109,26 @@ def test_equals_gumbel_muzero_policy(seed, actions, sims, reward_scale,
                                   np.asarray(mt.summary().visit_counts))
     # Gumbel MuZero's action: the best considered action (no visit ties).
     np.testing.assert_array_equal(ours.root_action, np.asarray(theirs.action))
+
+
+def test_bench_mcts_runs_and_both_engines_agree(tmp_path):
+    """experiments/bench_mcts.py on tiny shapes: the JSON holds both pairs,
+    compile times, the load average, and equal root visits in every row
+    (no assertion on time)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, "experiments/bench_mcts.py", "--out",
+                    str(out), "--batch", "4", "--actions", "3",
+                    "--simulations", "8", "--repeats", "1"], cwd=root,
+                   check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert len(report["machine"]["load_average_start"]) == 3
+    assert [r["name"] for r in report["results"]] == [
+        "puct_vs_muzero_policy", "gumbel_vs_gumbel_muzero_policy"]
+    for r in report["results"]:
+        assert r["root_visits_equal_rows"] == r["rows"] == 4
+        assert r["compile_s"]["ours"] > 0 and r["ours"]["times_s"]
