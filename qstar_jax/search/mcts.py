@@ -6,7 +6,8 @@ evaluated first (visit count 1, value sum = its score). One iteration, for
 every running row:
 
 1. Selection: S simulations descend from the root one after another; each
-   adds virtual loss to its path, so later ones spread out (`mcts_select`).
+   adds virtual loss to its path, so later ones spread out (`mcts_descend`,
+   `mcts_select`).
    At a node the descent stops with
    * REVISIT when the node is a leaf: terminal, at `max_depth`, or
      saturated without children (its stored score is backed up again);
