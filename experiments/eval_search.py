@@ -29,6 +29,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import time
 
 import jax
@@ -202,7 +203,7 @@ def plot_rows(rows: dict, path: str, n: int) -> None:
         if name.startswith("best-of-"):
             key = "best-of-N " + name.split(" ", 1)[1]
         elif " expansions" in name:
-            key = name.rsplit(" ", 2)[0]
+            key = re.sub(r", \d+ expansions", "", name)
         series.setdefault(key, []).append(
             (row["tokens_per_problem"], row["accuracy"]))
     fig, ax = plt.subplots(figsize=(7.5, 5))
@@ -260,6 +261,9 @@ def main():
     parser.add_argument("--max-expansions", type=int, nargs="+",
                         default=[20],
                         help="Q* expansion budgets (one row each)")
+    parser.add_argument("--tag", default="",
+                        help="appended to the Q* row names (to keep rows "
+                             "of runs with other settings apart)")
     parser.add_argument("--plot", default=None,
                         help="write a PNG of accuracy against generated "
                              "tokens per problem")
@@ -300,12 +304,10 @@ def main():
     for prm, qvm in pairs:
         for lam, budget in itertools.product(args.lam, args.max_expansions):
             label = "PRM + " + qvm if prm == "prm" else f"{prm} + {qvm}"
-            row = (f"Q* ({label})" if len(args.lam) == 1 else
-                   f"Q* ({label}, lambda={lam:g})")
-            if len({args.temperature, 0.3}) > 1 or args.m != 8:
-                row += f" T={args.temperature:g} M={args.m}"
-            if budget != 20:
-                row += f" {budget} expansions"
+            swept = ([f"lambda={lam:g}"] if len(args.lam) > 1 else []) + (
+                [f"{budget} expansions"] if len(args.max_expansions) > 1
+                else [])
+            row = f"Q* ({', '.join([label] + swept)}){args.tag}"
             rows[row] = {**qstar_row(
                 policy, critics[prm], critics[qvm], tokenizer, task,
                 problems, tokens, lengths, stop, args, lam, budget),

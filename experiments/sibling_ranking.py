@@ -24,41 +24,12 @@ import os
 
 import numpy as np
 
-from qstar_jax.learning import collect_rollouts, next_q_values
-from qstar_jax.learning.completions import stronger_solver_reward
+from qstar_jax.learning import (candidate_labels, collect_rollouts,
+                                next_q_values, pairwise_accuracy)
 from qstar_jax.tasks.arithchain import ArithChain
 from qstar_jax.tasks.tiny_policy import load_tiny_policy
 
 from train_critics import CRITICS, load_critic, rollout_config
-
-
-def candidate_labels(task, tokenizer, ds) -> np.ndarray:
-    """[R, S, K] float: 1 if the stronger solver completes [s_{t+1}; a']
-    to the right answer, 0 if not, NaN where the candidate is not valid."""
-    problems = task.problems(ds.split)
-    labels = np.full(ds.cand_valid.shape, np.nan)
-    for r, t, k in zip(*np.nonzero(ds.cand_valid)):
-        step = ds.cand_tokens[r, t, k, :ds.cand_lengths[r, t, k]]
-        prefix = tokenizer.decode(np.concatenate([ds.solution_ids(r, t),
-                                                  step]).tolist())
-        labels[r, t, k] = stronger_solver_reward(
-            task, problems[int(ds.problem_index[r])], prefix)
-    return labels
-
-
-def pairwise_accuracy(scores: np.ndarray, labels: np.ndarray
-                      ) -> tuple[float, int]:
-    """(P(score of a right candidate > score of a wrong sibling), pairs),
-    ties 1/2, over every state holding both. scores, labels: [R, S, K]."""
-    right = labels == 1.0
-    wrong = labels == 0.0
-    # [R, S, K, K]: pair (right k, wrong k') of the same state.
-    pairs = right[..., :, None] & wrong[..., None, :]
-    with np.errstate(invalid="ignore"):   # -inf - -inf off the pairs.
-        diff = scores[..., :, None] - scores[..., None, :]
-    wins = np.where(pairs, (diff > 0) + 0.5 * (diff == 0), 0.0).sum()
-    count = int(pairs.sum())
-    return float(wins / max(count, 1)), count
 
 
 def main():
@@ -80,7 +51,7 @@ def main():
                           rollout_config(args),
                           split="test", out_dir=os.path.join(
                               args.run_dir, "rollouts_siblings"))
-    labels = candidate_labels(task, tokenizer, ds)
+    labels = candidate_labels(task, tokenizer, ds).astype(np.float64)
     scores = {"policy log-probability": ds.cand_log_probs}
     for name in CRITICS:
         scores[name] = next_q_values(

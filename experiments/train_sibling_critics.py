@@ -87,8 +87,8 @@ VARIANTS = {
     "evidence_listwise_bce": Variant(spec=dataclasses.replace(
         QVM, evidence=True)),
     "frozen_evidence_listwise_bce": Variant(
-        spec=dataclasses.replace(QVM, evidence=True, backbone="frozen"),
-        lr=1e-3),
+        spec=dataclasses.replace(QVM, evidence=True, backbone="frozen",
+                                 head_hidden=256), lr=1e-3),
     "wide_listwise_bce": Variant(spec=dataclasses.replace(
         QVM, backbone="new", decoder=dataclasses.asdict(tiny(**WIDE)))),
     "value": Variant(spec=CriticSpec(role="value", output="sigmoid"),

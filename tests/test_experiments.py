@@ -93,21 +93,3 @@ def test_eval_search_rows(critics_dir, tmp_path):
     # pass@N bounds every best-of-N row.
     assert all(rows["pass@2 (oracle)"]["accuracy"] >= rows[r]["accuracy"]
                for r in rows if r.startswith("best-of-2"))
-
-
-def test_sibling_pairwise_accuracy_against_a_loop():
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
-    from sibling_ranking import pairwise_accuracy
-    rng = np.random.default_rng(0)
-    scores = rng.integers(0, 4, (5, 3, 4)).astype(float)  # Ties included.
-    labels = rng.choice([0.0, 1.0, np.nan], (5, 3, 4))
-    wins = pairs = 0
-    for r in range(5):
-        for t in range(3):
-            for a in range(4):
-                for b in range(4):
-                    if labels[r, t, a] == 1 and labels[r, t, b] == 0:
-                        pairs += 1
-                        wins += ((scores[r, t, a] > scores[r, t, b])
-                                 + 0.5 * (scores[r, t, a] == scores[r, t, b]))
-    assert pairwise_accuracy(scores, labels) == (wins / pairs, pairs)

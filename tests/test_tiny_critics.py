@@ -28,6 +28,7 @@ def _randomise(critic, seed):
 def test_saved_critic_loads_with_equal_scores(tmp_path, backbone):
     policy = init_decoder(tiny(vocab_size=20, num_layers=1), seed=0)
     spec = CriticSpec(role="qvm", backbone=backbone, evidence=True,
+                      head_hidden=8 if backbone == "frozen" else 0,
                       output="sigmoid",
                       decoder=(dataclasses.asdict(tiny(vocab_size=20,
                                                        num_layers=2))

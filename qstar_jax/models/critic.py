@@ -52,14 +52,20 @@ class Critic(nnx.Module):
     def __init__(self, config: DecoderConfig | None = None, *,
                  backbone: Decoder | None = None,
                  frozen_backbone: bool = False, output: str = "linear",
-                 evidence: bool = False, rngs: nnx.Rngs):
+                 evidence: bool = False, head_hidden: int = 0,
+                 rngs: nnx.Rngs):
         if (config is None) == (backbone is None):
             raise ValueError("give exactly one of config (a new backbone) "
                              "or backbone (an existing decoder)")
         self.backbone = backbone if backbone is not None else Decoder(
             config, rngs=rngs)
         width = self.backbone.config.hidden_size
-        self.head = nnx.Linear(width, 1, kernel_init=nnx.initializers.zeros,
+        # An optional hidden layer (GELU) before the scalar; its output
+        # layer starts at zero like the linear head.
+        self.adapter = (nnx.Linear(width, head_hidden, rngs=rngs)
+                        if head_hidden else None)
+        self.head = nnx.Linear(head_hidden or width, 1,
+                               kernel_init=nnx.initializers.zeros,
                                rngs=rngs)
         self.evidence = (nnx.Linear(EVIDENCE_FEATURES, 1, use_bias=False,
                                     kernel_init=nnx.initializers.zeros,
@@ -91,7 +97,10 @@ class Critic(nnx.Module):
         trained with BCE on logits, then searched with probabilities: set
         `critic.output = 'sigmoid'` after training).
         """
-        score = self.head(hidden.astype(jnp.float32))[..., 0]
+        hidden = hidden.astype(jnp.float32)
+        if self.adapter is not None:
+            hidden = jax.nn.gelu(self.adapter(hidden))
+        score = self.head(hidden)[..., 0]
         if evidence is not None and self.evidence is not None:
             score = score + self.evidence(evidence)[..., 0]
         return jax.nn.sigmoid(score) if self.output == "sigmoid" else score

@@ -57,6 +57,8 @@ class CriticSpec:
         (`Critic(evidence=True)`).
       output: the search-time output, 'linear' or 'sigmoid' (a BCE-trained
         critic searched with probabilities).
+      head_hidden: width of a GELU layer before the scalar head (0: a
+        linear head).
       decoder: the fresh backbone's `DecoderConfig` fields ('new' only).
     """
 
@@ -64,6 +66,7 @@ class CriticSpec:
     backbone: str = "policy"
     evidence: bool = False
     output: str = "linear"
+    head_hidden: int = 0
     decoder: dict | None = None
 
     def __post_init__(self):
@@ -87,7 +90,8 @@ def build_critic(spec: CriticSpec, policy: Decoder, *,
       seed: initialises a 'new' backbone.
     """
     rngs = nnx.Rngs(seed)
-    common = dict(evidence=spec.evidence, output="linear", rngs=rngs)
+    common = dict(evidence=spec.evidence, output="linear",
+                  head_hidden=spec.head_hidden, rngs=rngs)
     if spec.backbone == "new":
         return Critic(DecoderConfig(**spec.decoder), **common)
     return Critic(backbone=nnx.clone(policy),
@@ -128,7 +132,8 @@ def load_critic(directory: str) -> Critic:
     if not os.path.exists(os.path.join(directory, CONFIG_FILE)):
         raise FileNotFoundError(f"no critic {CONFIG_FILE} in {directory}")
     spec, decoder, _ = read_spec(directory)
-    critic = Critic(decoder, evidence=spec.evidence, rngs=nnx.Rngs(0))
+    critic = Critic(decoder, evidence=spec.evidence,
+                    head_hidden=spec.head_hidden, rngs=nnx.Rngs(0))
     load_params_into(critic, os.path.join(directory, PARAMS_FILE))
     critic.output = spec.output
     return critic
