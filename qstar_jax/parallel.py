@@ -122,17 +122,20 @@ def axis_size(mesh: Mesh, axis: str) -> int:
 def place(x, sharding: NamedSharding) -> jax.Array:
     """One array (host, device or PRNG keys) placed with `sharding`.
 
-    Host values are cut into shards on the host
-    (`jax.make_array_from_callback`), so in a multi-process run each process
-    uploads only its own shards of the value it was given; arrays that
-    already span several processes are resharded on device.
+    In one process, device arrays move device to device (`jax.device_put`).
+    In a multi-process run, host values (and local device arrays, through
+    the host) are cut into shards on the host
+    (`jax.make_array_from_callback`), so each process uploads only its own
+    shards of the value it was given; arrays that already span several
+    processes are resharded on device.
     """
+    if isinstance(x, jax.Array) and (jax.process_count() == 1
+                                     or not x.is_fully_addressable):
+        return jax.device_put(x, sharding)
     if isinstance(x, jax.Array) and jax.dtypes.issubdtype(
             x.dtype, jax.dtypes.prng_key):
         data = place(jax.random.key_data(x), sharding)
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return jax.device_put(x, sharding)
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding,
                                         lambda index: host[index])
@@ -216,12 +219,20 @@ def jit_rows(fn: Callable, mesh: Mesh, *,
       fn: a batched function; every output leaf is per-row ([B, ...]).
       mesh: the mesh.
       static_argnames: keyword arguments that are compile-time constants.
+
+    Raises:
+      ValueError: (when traced) an output leaf is a scalar.
     """
+    def rows(path, x):
+        if x.ndim == 0:
+            raise ValueError(
+                f"jit_rows: output {jax.tree_util.keystr(path)} is a scalar;"
+                " every output must be per-row ([B, ...])")
+        return jax.lax.with_sharding_constraint(
+            x, NamedSharding(mesh, row_spec(x.ndim)))
+
     def constrained(*args, **kwargs):
-        return jax.tree.map(
-            lambda x: jax.lax.with_sharding_constraint(
-                x, NamedSharding(mesh, row_spec(x.ndim))),
-            fn(*args, **kwargs))
+        return jax.tree_util.tree_map_with_path(rows, fn(*args, **kwargs))
 
     return jax.jit(constrained, static_argnames=tuple(static_argnames))
 

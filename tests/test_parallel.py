@@ -43,7 +43,6 @@ SEARCH_SCRIPT = textwrap.dedent("""
     assert len(set(single[".num_pops"])) > 1   # rows stop at different pops
 
     for data, model, layout, wrap in [(8, 1, "replicated", map_rows),
-                                      (8, 1, "replicated", jit_rows),
                                       (4, 2, "tensor", jit_rows)]:
         name = f"{data}x{model} {layout} {wrap.__name__}"
         mesh = make_mesh(MeshConfig(data=data, model=model))
@@ -95,8 +94,7 @@ TRAIN_SCRIPT = textwrap.dedent("""
     assert len(single_loss) == 6 and single_loss[-1] < single_loss[0]
     choices = [(data_mesh(8), "replicated", (40, 192)),
                (make_mesh(MeshConfig(data=8)), "fsdp", (40, 24)),
-               (make_mesh(MeshConfig(data=4, model=2)), "tensor", (20, 192)),
-               (make_mesh(MeshConfig(data=2, model=4)), "fsdp", (40, 96))]
+               (make_mesh(MeshConfig(data=4, model=2)), "tensor", (20, 192))]
     for mesh, layout, shape in choices:
         name = f"{dict(mesh.shape)} {layout}"
         params, got, loss = run(mesh, layout)

@@ -21,8 +21,8 @@ from qstar_jax.models.attention import causal_attend
 from qstar_jax.models.config import tiny
 from qstar_jax.models.critic import Critic
 from qstar_jax.models.decoder import apply_rotary, init_decoder, rotary_tables
-from qstar_jax.parallel import (MeshConfig, data_mesh, make_mesh, map_rows,
-                                shard_rows, to_host)
+from qstar_jax.parallel import (MeshConfig, data_mesh, jit_rows, make_mesh,
+                                map_rows, shard_rows, to_host)
 from qstar_jax.partitioning import (bytes_per_device, fsdp_spec, param_specs,
                                     path_names, shard_params)
 
@@ -184,6 +184,9 @@ def test_mesh_and_placement_errors():
         shard_rows(np.float32(1.0), _mesh(1, 1))
     with pytest.raises(ValueError, match="map_rows: the mesh has 2 'model'"):
         map_rows(lambda x: x, _mesh(4, 2), row_argnums=(0,))
+    one = make_mesh(MeshConfig(data=1))
+    with pytest.raises(ValueError, match=r"jit_rows: output \['total'\]"):
+        jit_rows(lambda x: {"rows": x, "total": x.sum()}, one)(np.ones(4))
 
 
 def test_placement_round_trip_on_one_device():
@@ -195,6 +198,8 @@ def test_placement_round_trip_on_one_device():
     np.testing.assert_array_equal(
         jax.random.key_data(placed_keys), jax.random.key_data(keys))
     np.testing.assert_array_equal(to_host(placed_tokens), tokens)
+    on_device = shard_rows(jnp.asarray(tokens), mesh)
+    np.testing.assert_array_equal(to_host(on_device), tokens)
     np.testing.assert_array_equal(to_host(placed_keys),
                                   jax.random.key_data(keys))
     # Sampling with placed keys draws what the original keys draw.
