@@ -1,4 +1,5 @@
-"""The shipped tiny ArithChain policy loads and matches its training log.
+"""The shipped tiny ArithChain policies (the policy and the smaller fast
+rollout policy of eta-MCTS) load and match their training logs.
 
 The assets are part of the package: a missing file fails these tests."""
 
@@ -11,36 +12,50 @@ import pytest
 from qstar_jax.tasks import tiny_policy
 from qstar_jax.tasks.arithchain import ArithChain
 
-LOG = os.path.join(tiny_policy.ASSET_DIR, "training_log.json")
+ASSETS = {"policy": tiny_policy.ASSET_DIR,
+          "fast_policy": tiny_policy.FAST_ASSET_DIR}
+SIZES = {"policy": (1e6, 5e6), "fast_policy": (2e5, 1e6)}
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    assert os.path.exists(LOG), f"shipped asset missing: {LOG}"
-    with open(LOG) as f:
+@pytest.fixture(scope="module", params=sorted(ASSETS))
+def shipped(request):
+    path = ASSETS[request.param]
+    log_path = os.path.join(path, "training_log.json")
+    assert os.path.exists(log_path), f"shipped asset missing: {log_path}"
+    with open(log_path) as f:
         log = json.load(f)
-    model, tokenizer, task_config = tiny_policy.load_tiny_policy()
-    return model, tokenizer, ArithChain(task_config), log
+    model, tokenizer, task_config = tiny_policy.load_tiny_policy(path)
+    return model, tokenizer, ArithChain(task_config), log, request.param
 
 
-def test_assets_are_small_and_complete():
-    for name in ("config.json", "tokenizer.json", "training_log.json",
+@pytest.mark.parametrize("name", sorted(ASSETS))
+def test_assets_are_small_and_complete(name):
+    for file in ("config.json", "tokenizer.json", "training_log.json",
                  tiny_policy.PARAMS_FILE):
-        path = os.path.join(tiny_policy.ASSET_DIR, name)
+        path = os.path.join(ASSETS[name], file)
         assert os.path.exists(path), f"shipped asset missing: {path}"
-    size = os.path.getsize(os.path.join(tiny_policy.ASSET_DIR,
+    size = os.path.getsize(os.path.join(ASSETS[name],
                                         tiny_policy.PARAMS_FILE))
     assert size < 8 * 2**20
 
 
 def test_loads_with_its_config(shipped):
-    model, tokenizer, task, _ = shipped
+    model, tokenizer, task, _, name = shipped
     assert model.config.vocab_size == tokenizer.vocab_size
-    assert 1e6 <= model.config.num_parameters() <= 5e6
+    lo, hi = SIZES[name]
+    assert lo <= model.config.num_parameters() <= hi
+
+
+def test_fast_policy_is_smaller_and_shares_the_tokenizer():
+    policy, tokenizer, task = tiny_policy.load_tiny_policy()
+    fast, fast_tokenizer, fast_task = tiny_policy.load_tiny_fast_policy()
+    assert fast.config.num_parameters() * 3 < policy.config.num_parameters()
+    assert fast_tokenizer.token_texts() == tokenizer.token_texts()
+    assert fast_task == task
 
 
 def test_held_out_accuracy_matches_log(shipped):
-    model, tokenizer, task, log = shipped
+    model, tokenizer, task, log, _ = shipped
     logged = log["held_out"]["test_sample"]
     lo, hi = logged["indices"]
     problems = task.problems("test")[lo:hi]

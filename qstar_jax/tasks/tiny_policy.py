@@ -1,7 +1,9 @@
 """The tiny ArithChain policy shipped with the package: loading and evaluation.
 
 `experiments/train_tiny_policy.py` trains the `tiny` decoder preset from
-scratch on ArithChain gold solutions and writes `qstar_jax/assets/tiny_policy/`:
+scratch on ArithChain gold solutions and writes `qstar_jax/assets/tiny_policy/`
+(and, for a 2-layer 128-wide decoder, the fast rollout policy of eta-MCTS in
+`qstar_jax/assets/tiny_fast_policy/`, `load_tiny_fast_policy()`):
 
 * `params.safetensors`: the final parameters, one tensor per leaf of
   `nnx.to_pure_dict(nnx.state(model, nnx.Param))` named by its '/'-joined
@@ -41,6 +43,9 @@ from qstar_jax.tasks.base import Problem
 
 ASSET_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets",
                          "tiny_policy")
+FAST_ASSET_DIR = os.path.join(os.path.dirname(ASSET_DIR), "tiny_fast_policy")
+"""The fast rollout policy of eta-MCTS: a 2-layer, 128-wide decoder
+(468k parameters) trained like the tiny policy; same tokenizer and task."""
 PARAMS_FILE = "params.safetensors"
 
 
@@ -117,6 +122,12 @@ def load_tiny_policy(
     tokenizer = ArithTokenizer.load(os.path.join(path, "tokenizer.json"))
     model = load_params(decoder_config, os.path.join(path, PARAMS_FILE))
     return model, tokenizer, task_config
+
+
+def load_tiny_fast_policy() -> tuple[Decoder, ArithTokenizer,
+                                     ArithChainConfig]:
+    """The shipped fast rollout policy: (model, tokenizer, task config)."""
+    return load_tiny_policy(FAST_ASSET_DIR)
 
 
 def encode_prompts(tokenizer: ArithTokenizer, task: ArithChain,
