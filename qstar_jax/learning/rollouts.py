@@ -161,10 +161,10 @@ def _fold_chain(base, idx):
 
 
 def default_stop_rule(tokenizer, task) -> StopRule:
-    """The task's delimiter ends a step, EOS ends a solution, '####' marks
-    the final-answer step (ArithChain and GSM8K)."""
-    return states.stop_rule(tokenizer, delimiter=task.step_delimiter,
-                            final_marker="####")
+    """The task's stop rule (`states.task_stop_rule`): its delimiter ends a
+    step, EOS ends a solution, and its `final_marker` (ArithChain and GSM8K:
+    '####') marks the final-answer step."""
+    return states.task_stop_rule(tokenizer, task)
 
 
 class _Masks(NamedTuple):

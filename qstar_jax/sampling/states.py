@@ -113,6 +113,11 @@ def stop_rule(vocab: _Vocabulary, *, delimiter: str | None = "\n",
 
     Returns:
       The `StopRule` ([V] boolean masks).
+
+    Raises:
+      ValueError: an end id outside the vocabulary, or a delimiter or final
+        marker that no token's text contains (the rule would silently never
+        fire: a marker spread over several tokens cannot be matched).
     """
     texts = vocab.token_texts()
     size = vocab.vocab_size
@@ -133,8 +138,78 @@ def stop_rule(vocab: _Vocabulary, *, delimiter: str | None = "\n",
                                                                       bool)
     final = mask(lambda t: final_marker in t) if final_marker else \
         np.zeros(size, bool)
+    for name, text, hits in (("delimiter", delimiter, delim),
+                             ("final_marker", final_marker, final)):
+        if text and not hits.any():
+            raise ValueError(
+                f"stop_rule: {name}={text!r} is in no token of the "
+                f"{size}-token vocabulary, so it would never match; a "
+                "marker must lie within one token's text")
     return StopRule(delimiter=jnp.asarray(delim & ~end),
                     end=jnp.asarray(end), final=jnp.asarray(final))
+
+
+def encode_task_prompts(tokenizer, task, problems: Sequence, width: int, *,
+                        add_bos: bool | None = None,
+                        pad_id: int | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded prompt ids of `task.format_prompt(problem)` (host).
+
+    Args:
+      tokenizer: `encode(text[, add_bos=...])`, `pad_id`.
+      task: the task (plain or chat prompts come from `format_prompt`).
+      problems: B problems (`uid` names a prompt that does not fit).
+      width: P0, prompt slots per row.
+      add_bos: prepend the BOS token (None: the tokenizer's default).
+      pad_id: filler (default the tokenizer's `pad_id`, else 0).
+
+    Returns:
+      tokens [B, P0] int32 and lengths [B] int32 (numpy).
+
+    Raises:
+      CacheOverflowError: a prompt longer than `width` (it is never cut).
+      ValueError: an empty prompt.
+    """
+    if pad_id is None:
+        pad_id = getattr(tokenizer, "pad_id", None)
+    pad_id = 0 if pad_id is None else pad_id
+    tokens = np.full((len(problems), width), pad_id, np.int32)
+    lengths = np.zeros(len(problems), np.int32)
+    for i, problem in enumerate(problems):
+        text = task.format_prompt(problem)
+        ids = (tokenizer.encode(text) if add_bos is None
+               else tokenizer.encode(text, add_bos=add_bos))
+        if not ids:
+            raise ValueError(f"the prompt of problem {problem.uid!r} has "
+                             "no tokens")
+        if len(ids) > width:
+            raise CacheOverflowError(
+                f"the prompt of problem {problem.uid!r} has {len(ids)} "
+                f"tokens but the prompt width is {width}; raise the width "
+                "(a prompt is never cut)")
+        tokens[i, :len(ids)] = ids
+        lengths[i] = len(ids)
+    return tokens, lengths
+
+
+def task_stop_rule(vocab: _Vocabulary, task, *,
+                   end_ids: Sequence[int] | None = None) -> StopRule:
+    """The `StopRule` a task implies: its `step_delimiter` ends a step, the
+    tokenizer's EOS (or `end_ids`) ends the solution, and tokens holding the
+    task's optional `final_marker` (ArithChain and GSM8K: '####'; absent or
+    None: no final-answer token) mark the final-answer step.
+
+    Args:
+      vocab: the tokenizer.
+      task: a `qstar_jax.tasks.base.Task`.
+      end_ids: tokens that end the solution (default: the tokenizer's EOS).
+    """
+    marker = getattr(task, "final_marker", None)
+    if marker is not None and not isinstance(marker, str):
+        raise ValueError(f"{type(task).__name__}.final_marker must be a str "
+                         f"or None, got {marker!r}")
+    return stop_rule(vocab, delimiter=task.step_delimiter, end_ids=end_ids,
+                     final_marker=marker or None)
 
 
 def pad_batch(x: np.ndarray, rows: int) -> np.ndarray:

@@ -292,12 +292,14 @@ class ArithChain:
     """The ArithChain task (implements `qstar_jax.tasks.base.Task`).
 
     Answers are read with the grader's 'hash' mode: only a '####' line counts,
-    so a solution that never states its answer earns nothing.
+    so a solution that never states its answer earns nothing. The '####'
+    token marks the final-answer step (`final_marker`).
     """
 
     config: ArithChainConfig = ArithChainConfig()
     name: str = "arithchain"
     step_delimiter: str = "\n"
+    final_marker: str | None = "####"
 
     def problems(self, split: str) -> ArithChainProblems:
         """The problems of 'train' or 'test' (lazy, deterministic)."""

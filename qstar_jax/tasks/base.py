@@ -33,7 +33,17 @@ class Problem:
 
 @runtime_checkable
 class Task(Protocol):
-    """What search and training need to know about a problem domain."""
+    """What search and training need to know about a problem domain.
+
+    Optional attribute (not part of the protocol, so older tasks still
+    match): `final_marker: str | None`, text whose token marks the step that
+    states the final answer (ArithChain and GSM8K: '####'). Search then
+    treats a step holding it as the end of the solution, as it does an end
+    token; without it (None or absent) only end tokens (EOS) end a solution.
+    It must lie within one token of the policy's vocabulary
+    (`sampling.states.task_stop_rule` builds the token rule and says when
+    it does not).
+    """
 
     name: str
     step_delimiter: str  # Text that ends a step (default "\n").
@@ -59,3 +69,4 @@ class Task(Protocol):
     def check_step(self, step: str) -> bool | None:
         """A tool's verdict on one step: True (checks out), False (a wrong
         claim), None (nothing to check). Used by tool-augmented critics."""
+

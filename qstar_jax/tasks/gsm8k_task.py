@@ -44,12 +44,14 @@ class Gsm8kTask:
     Attributes:
       chat: renders chat messages for instruct models (None: plain prompt).
       instruction: the system message used with `chat`.
+      final_marker: the token text that marks the answer step ('####').
     """
 
     chat: ChatFormatter | None = None
     instruction: str = DEFAULT_INSTRUCTION
     name: str = "gsm8k"
     step_delimiter: str = "\n"
+    final_marker: str | None = "####"
 
     def problems(self, split: str) -> Sequence[Problem]:
         """The packaged 'train' (7,473) or 'test' (1,319) problems."""
