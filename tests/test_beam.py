@@ -29,10 +29,12 @@ def setup(random_qstar_models, token_stop_rule):
 def _reference(models, stop, rows, keys, config):
     """Beam search for each problem separately, in Python."""
     critic = models.prm if config.score == "prm" else models.qvm
-    w, p, t = config.width, config.state_width, config.proposer.max_step_tokens
+    w, p = config.width, config.state_width
+    mode = config.truncated_steps
     propose = jax.jit(propose_steps, static_argnames="config")
     out = []
     for b, prompt in enumerate(rows):
+        counts = dict(truncated=0, overflow=0)
         beams = [dict(tokens=prompt, score=0.0 if i == 0 else WORST,
                       finished=False, steps=0) for i in range(w)]
         for i in range(config.max_steps):
@@ -49,7 +51,14 @@ def _reference(models, stop, rows, keys, config):
                     n = int(props.lengths[0, k])
                     child = beam["tokens"] + np.asarray(
                         props.tokens[0, k, :n]).tolist()
-                    ok = bool(props.valid[0, k]) and live[j] and len(child) <= p
+                    valid = bool(props.valid[0, k])
+                    cut = valid and bool(props.truncated[0, k])
+                    if cut and live[j]:
+                        counts["truncated"] += 1
+                    kept = valid and not (cut and mode == "drop")
+                    if kept and live[j] and len(child) > p:
+                        counts["overflow"] += 1
+                    ok = kept and live[j] and len(child) <= p
                     score = WORST
                     if ok:
                         ct, cl = pad_states([child], width=len(child))
@@ -57,25 +66,31 @@ def _reference(models, stop, rows, keys, config):
                         if config.score == "prm" and beam["steps"] > 0:
                             s = min(beam["score"], s)
                         score = s
-                    done = (bool(props.finished[0, k])
-                            or bool(props.truncated[0, k])
-                            or len(child) + t > p)
+                    done = ((bool(props.finished[0, k]) and not cut)
+                            or (cut and mode == "finish"))
                     cands.append(dict(tokens=child[:p], score=score,
-                                      finished=done, steps=beam["steps"] + 1))
+                                      finished=ok and done,
+                                      steps=beam["steps"] + 1))
             for beam in beams:
                 cands.append(dict(beam, score=beam["score"]
                                   if beam["finished"] else WORST))
             order = sorted(range(len(cands)), key=lambda c: -cands[c]["score"])
             beams = [cands[c] for c in order[:w]]
-        out.append(beams)
+        out.append((beams, counts))
     return out
 
 
-@pytest.mark.parametrize("score", ["prm", "qvm"])
-def test_beam_search_matches_python_reference(setup, score):
+@pytest.mark.parametrize("score,mode,width", [
+    ("prm", "drop", 24), ("qvm", "drop", 24), ("prm", "finish", 24),
+    ("qvm", "continue", 8)])
+def test_beam_search_matches_python_reference(setup, score, mode, width):
+    """Beams, scores, finished flags and the counts of truncated steps and
+    overflowing states equal the reference for every `truncated_steps`
+    mode (state width 8: children overflow)."""
     models, stop, rows = setup
     config = BeamConfig(
-        width=2, max_steps=3, score=score, aggregation="min", state_width=24,
+        width=2, max_steps=3, score=score, aggregation="min",
+        state_width=width, truncated_steps=mode,
         proposer=ProposerConfig(num_steps=2, num_samples=3, max_step_tokens=4,
                                 sampling=SamplingConfig(temperature=1.0)))
     tokens, lengths = pad_states(rows, width=3)
@@ -84,9 +99,15 @@ def test_beam_search_matches_python_reference(setup, score):
         models, tokens, lengths, keys, stop, config=config)
     reference = _reference(models, stop, rows, keys, config)
     assert int(np.max(result.steps)) >= 2, "the search went past one step"
+    assert int(np.sum(result.truncated)) > 0, "no step was cut"
+    if width == 8:
+        assert int(np.sum(result.overflow)) > 0, "no state overflowed"
     for b in range(2):
+        counts = reference[b][1]
+        assert int(result.truncated[b]) == counts["truncated"]
+        assert int(result.overflow[b]) == counts["overflow"]
         for w in range(2):
-            ref = reference[b][w]
+            ref = reference[b][0][w]
             n = int(result.lengths[b, w])
             assert np.asarray(result.tokens[b, w, :n]).tolist() == \
                 ref["tokens"]

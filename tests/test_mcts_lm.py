@@ -104,9 +104,15 @@ def test_options_are_the_policys_samples(setup):
     np.testing.assert_allclose(
         opts.prior_logits[:, 0],
         conts.log_probs / np.maximum(conts.lengths, 1), rtol=1e-6)
-    ends = conts.ended_by_end | conts.contains_final | conts.truncated
+    # Default truncated_steps='drop': a cut sample is no option; the rest
+    # fit the state width and are terminal when they end the solution.
+    cut = np.asarray(conts.truncated)
+    np.testing.assert_array_equal(opts.truncated[:, 0], cut)
+    np.testing.assert_array_equal(opts.valid[:, 0], ~cut)
+    assert not np.asarray(opts.overflow).any()
+    ends = (conts.ended_by_end | conts.contains_final) & ~cut
     np.testing.assert_array_equal(opts.terminal[:, 0], ends)
-    assert (~ends).any() and ends.any()
+    assert (~ends).any() and ends.any() and cut.any()
     np.testing.assert_array_equal(opts.generated_tokens[:, 0],
                                   conts.lengths.sum(1))
 

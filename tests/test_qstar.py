@@ -29,13 +29,15 @@ def setup(random_qstar_models, token_stop_rule):
 
 
 def _config(heuristic="edge"):
+    # The random policy cuts most 5-token steps; finishing them (not the
+    # default 'drop') gives these searches terminal nodes to find.
     return QStarConfig(
         search=AStarConfig(num_nodes=24, max_expansions=5,
                            num_trajectories=2, lam=0.5, aggregation="min",
                            heuristic=heuristic),
         proposer=ProposerConfig(num_steps=3, num_samples=4, max_step_tokens=5,
                                 sampling=SamplingConfig(temperature=1.0)),
-        state_width=40)
+        state_width=40, truncated_steps="finish")
 
 
 def _separately(critic, rows):

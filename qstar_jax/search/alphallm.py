@@ -9,10 +9,12 @@ The language-model side of `run_mcts` ('widening' expansion):
   parent and R samples from the shared cache (`sample_continuations`), in
   sampling order, so state merge taking the first acceptable candidate is
   the paper's resampling loop. A candidate is terminal when it ends the
-  solution (end token or final-answer token), was cut at T tokens, or
-  leaves no room for another option within `state_width`. Its prior logit
-  is its summed policy log-probability, or per token ('mean', TS-LLM's
-  choice).
+  solution (an end or final-answer token in an option that was not cut); a
+  candidate cut at T tokens is invalid, continued or finished as
+  `truncated_steps` says, and one whose state would exceed `state_width`
+  is invalid (`search.step_limits`; both counted in the statistics). Its
+  prior logit is its summed policy log-probability, or per token ('mean',
+  TS-LLM's choice).
 * Evaluation of a node s (the paper's node score):
     value(s) = b_v * V(s) + b_prm * PRM(s) + b_orm * mean_j ORM(rollout_j)
                - b_tool * [the step into s makes a wrong calculation]
@@ -51,9 +53,11 @@ from qstar_jax.sampling.decode import StopRule, prefill, sample_continuations
 from qstar_jax.sampling.logits import SamplingConfig
 from qstar_jax.sampling.proposer import rollout
 from qstar_jax.sampling.states import append_tokens
+from qstar_jax.search.contracts import check_prompts
 from qstar_jax.search.mcts import run_mcts
 from qstar_jax.search.mcts_interfaces import Evaluation, Options
 from qstar_jax.search.mcts_types import MCTSConfig, MCTSResult
+from qstar_jax.search.step_limits import check_truncated_steps, classify_steps
 from qstar_jax.search.tree import (Tree, init_tree, node_values, repeat_rows,
                                    state_tokens)
 
@@ -96,7 +100,13 @@ class AlphaLLMConfig:
       sampling: how the policy samples options (the paper's code:
         temperature 0.8).
       prior: 'sum' (the option's log-probability) or 'mean' (per token).
-      state_width: P, tokens of the longest state (prompt plus options).
+      state_width: P, tokens of the longest state (prompt plus options);
+        prompts wider than P are an error, and a candidate whose state
+        would exceed P is invalid (counted in `stats.overflow`).
+      truncated_steps: what a candidate cut at `max_step_tokens` becomes:
+        'drop' (invalid), 'continue' (a non-terminal option) or 'finish'
+        (a finished solution); counted in `stats.truncated` either way
+        (`search.step_limits`).
       value_weight, prm_weight, orm_weight: b_v, b_prm, b_orm (1.0 each in
         the paper).
       num_rollouts: n fast rollouts per node (4 in the paper).
@@ -124,8 +134,10 @@ class AlphaLLMConfig:
     tool_weight: float = 0.0
     tool_check: StepCheck | None = None
     pad_id: int = 0
+    truncated_steps: str = "drop"
 
     def __post_init__(self):
+        check_truncated_steps("AlphaLLMConfig", self.truncated_steps)
         if self.search.expansion != "widening":
             raise ValueError("AlphaLLMConfig: the language-model search "
                              "samples options; use expansion='widening'")
@@ -170,19 +182,23 @@ def propose_options(models: AlphaLLMModels, stop: StopRule,
     prior = conts.log_probs
     if config.prior == "mean":
         prior = prior / jnp.maximum(lengths, 1).astype(jnp.float32)
-    room = (state.lengths[:, None] + lengths + t) <= config.state_width
-    terminal = (conts.ended_by_end | conts.contains_final | conts.truncated
-                | ~room)
+    outcome = classify_steps(
+        valid=lengths > 0, finished=conts.ended_by_end | conts.contains_final,
+        truncated=conts.truncated,
+        state_lengths=state.lengths[:, None] + lengths,
+        state_width=config.state_width, mode=config.truncated_steps)
 
     def shape(x):
         return x.reshape((b, k) + x.shape[1:])
 
     return Options(
         step_tokens=shape(conts.tokens), step_lengths=shape(lengths),
-        prior_logits=shape(prior), valid=shape(lengths > 0),
-        terminal=shape(terminal),
+        prior_logits=shape(prior), valid=shape(outcome.valid),
+        terminal=shape(outcome.terminal),
         reward=jnp.zeros((b, k, r), jnp.float32),
-        generated_tokens=shape(jnp.sum(lengths, axis=1)))
+        generated_tokens=shape(jnp.sum(lengths, axis=1)),
+        truncated=shape(outcome.truncated),
+        overflow=shape(outcome.overflow))
 
 
 def _score(critic: Critic | None, weight: float, tokens, lengths):
@@ -287,10 +303,8 @@ def mcts_search(models: AlphaLLMModels, prompt_tokens: jax.Array,
       The `MCTSResult` (trees, answers, statistics); `trajectory_steps`
       rebuilds a node's options.
     """
-    if prompt_tokens.shape[1] > config.state_width:
-        raise ValueError(
-            f"mcts_search: prompts have {prompt_tokens.shape[1]} token "
-            f"slots but config.state_width is {config.state_width}")
+    check_prompts("mcts_search", prompt_tokens, prompt_lengths, keys,
+                  config.state_width)
     tree = init_search_tree(prompt_tokens, prompt_lengths, config)
 
     def propose(t, parents, edges, k):

@@ -59,8 +59,10 @@ import jax.numpy as jnp
 from qstar_jax.search.astar_tree import (CLOSED, OPEN, AStarNodes,
                                          add_children, astar_nodes,
                                          best_open_node, recycle, set_scores)
+from qstar_jax.search.contracts import check_keys, function_name
 from qstar_jax.search.interfaces import (ExpandFn, Expansion, Lookahead,
-                                         LookaheadFn, call_if)
+                                         LookaheadFn, call_if,
+                                         check_expansion, check_lookahead)
 from qstar_jax.search.tree import Tree, node_values
 
 AGGREGATIONS = ("min", "max", "sum", "last", "none")
@@ -137,6 +139,10 @@ class SearchStats:
       dropped: [B] int32 valid children not created for lack of slots.
       recycled: [B] int32 OPEN nodes freed to make room.
       status: [B] int32 SOLVED, BUDGET, EXHAUSTED or FULL.
+      truncated: [B] int32 proposed steps cut at the step-token limit
+        (`Expansion.truncated`; created or not, see `step_limits`).
+      overflow: [B] int32 children not created because their state would
+        exceed the state width (`Expansion.overflow`).
     """
 
     expansions: jax.Array
@@ -147,6 +153,8 @@ class SearchStats:
     dropped: jax.Array
     recycled: jax.Array
     status: jax.Array
+    truncated: jax.Array
+    overflow: jax.Array
 
 
 @flax.struct.dataclass
@@ -251,7 +259,9 @@ def _expand(s: _LoopState, node: jax.Array, expanding: jax.Array,
     step_keys = jax.vmap(jax.random.fold_in)(keys, st.expansions)
     expansion: Expansion = call_if(jnp.any(expanding), expand_fn, tree,
                                    node, step_keys)
-    k = expansion.valid.shape[1]
+    k = check_expansion(expansion, f"expand_fn {function_name(expand_fn)}",
+                        tree.batch_size, tree.max_children,
+                        tree.max_step_tokens)
     g, r_bad = aggregate_reward(
         config.aggregation, node_values(tree.extra.g, node),
         node == Tree.ROOT, expansion.reward.astype(jnp.float32))
@@ -283,6 +293,8 @@ def _expand(s: _LoopState, node: jax.Array, expanding: jax.Array,
             jax.random.fold_in(key, LOOKAHEAD_SALT), k))(step_keys)
         look: Lookahead = call_if(jnp.any(created), lookahead_fn, tree,
                                   child, look_keys)
+        check_lookahead(look, f"lookahead_fn {function_name(lookahead_fn)}",
+                        tree.batch_size, k)
         f, h, h_bad = priority(g, look.value.astype(jnp.float32), config.lam,
                                r_bad)
         tree = set_scores(tree, child, h, f)
@@ -290,6 +302,13 @@ def _expand(s: _LoopState, node: jax.Array, expanding: jax.Array,
         calls = calls + made_any
     depth = jnp.max(jnp.where(created, node_values(tree.depth, child), 0), 1)
     bad = jnp.sum(created & r_bad, 1) + jnp.sum(created & h_bad, 1)
+
+    def count(mask):                 # An optional [B, K] Expansion flag.
+        if mask is None:
+            return 0
+        return jnp.sum(mask.astype(bool) & expanding[:, None], axis=1,
+                       dtype=jnp.int32)
+
     st = st.replace(
         expansions=st.expansions + expanding,
         generated_tokens=st.generated_tokens + generated,
@@ -297,7 +316,9 @@ def _expand(s: _LoopState, node: jax.Array, expanding: jax.Array,
         max_depth=jnp.maximum(st.max_depth, depth),
         nan_count=st.nan_count + bad.astype(jnp.int32),
         dropped=st.dropped + num_valid - jnp.sum(created, 1, dtype=jnp.int32),
-        recycled=st.recycled + recycled)
+        recycled=st.recycled + recycled,
+        truncated=st.truncated + count(expansion.truncated),
+        overflow=st.overflow + count(expansion.overflow))
     return s._replace(tree=tree, stats=st), full
 
 
@@ -365,6 +386,11 @@ def astar_search(expand_fn: ExpandFn, tree: Tree, keys: jax.Array, *,
       config: static search settings.
       lookahead_fn: required when `config.heuristic == 'lookahead'`.
 
+    The outputs of `expand_fn` and `lookahead_fn` are checked when traced
+    (`interfaces.check_expansion`): a wrong shape or dtype, a step wider
+    than the tree's T or more children than its C edges raises a
+    ValueError naming the function and the field.
+
     Returns:
       `SearchResult` with the final trees, the found trajectories, the pop
       order and the statistics.
@@ -381,12 +407,14 @@ def astar_search(expand_fn: ExpandFn, tree: Tree, keys: jax.Array, *,
             "astar_search: tree.extra must be None or AStarNodes, got "
             f"{type(tree.extra).__name__}")
     b = tree.batch_size
+    check_keys("astar_search", keys, b)
     m = config.num_trajectories
     zeros = jnp.zeros((b,), jnp.int32)
     stats = SearchStats(
         expansions=zeros, generated_tokens=zeros, model_calls=zeros,
         max_depth=jnp.max(tree.depth, axis=1), nan_count=zeros,
-        dropped=zeros, recycled=zeros, status=zeros + RUNNING)
+        dropped=zeros, recycled=zeros, status=zeros + RUNNING,
+        truncated=zeros, overflow=zeros)
     init = _LoopState(
         tree=tree, trajectories=jnp.full((b, m), -1, jnp.int32),
         trajectory_f=jnp.full((b, m), -jnp.inf, jnp.float32),

@@ -10,6 +10,12 @@ after `max_steps` iterations.
 Scores: with the PRM, a beam's score is the aggregation (min / max / sum /
 last) of its steps' PRM scores, as g in Q*; with the QVM it is Q(s, a) of its
 last step.
+
+Limits (`search.step_limits`, as in Q*): a child is finished when its step
+holds an end or final-answer token and was not cut; a step cut at the
+step-token limit is dropped, continued or finished as `truncated_steps`
+says, and a child whose state would exceed `state_width` is dropped; both
+are counted per problem (`BeamResult.truncated`, `overflow`).
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from qstar_jax.models.critic import last_token_scores
 from qstar_jax.sampling.decode import StopRule
 from qstar_jax.sampling.proposer import ProposerConfig, propose_steps
 from qstar_jax.sampling.states import append_tokens
+from qstar_jax.search.contracts import check_prompts
 from qstar_jax.search.qstar import QStarModels
+from qstar_jax.search.step_limits import check_truncated_steps, classify_steps
 
 _WORST = -1e30
 
@@ -40,6 +48,8 @@ class BeamConfig:
       state_width: P, tokens of the longest state.
       score: 'prm' or 'qvm'.
       aggregation: for 'prm': 'min', 'max', 'sum' or 'last'.
+      truncated_steps: what a step cut at `proposer.max_step_tokens`
+        becomes: 'drop', 'continue' or 'finish' (`search.step_limits`).
     """
 
     width: int = 4
@@ -48,8 +58,10 @@ class BeamConfig:
     state_width: int = 256
     score: str = "prm"
     aggregation: str = "min"
+    truncated_steps: str = "drop"
 
     def __post_init__(self):
+        check_truncated_steps("BeamConfig", self.truncated_steps)
         if self.score not in ("prm", "qvm"):
             raise ValueError(f"score={self.score!r}; use 'prm' or 'qvm'")
         if self.aggregation not in ("min", "max", "sum", "last"):
@@ -65,10 +77,16 @@ class BeamResult(NamedTuple):
       tokens: [B, W, P] states (prompt plus steps).
       lengths: [B, W].
       scores: [B, W] beam scores (-1e30 for empty beams).
-      finished: [B, W] the beam ended with a final / end token.
+      finished: [B, W] the beam's solution is finished (its last step
+        holds an end or final-answer token and was not cut, or was cut
+        with `truncated_steps='finish'`).
       steps: [B, W] reasoning steps in the beam.
       generated_tokens: [B] tokens sampled for the problem.
       model_calls: [] batched policy calls made.
+      truncated: [B] int32 proposed steps of live beams cut at the
+        step-token limit.
+      overflow: [B] int32 children dropped because their state would
+        exceed `state_width`.
     """
 
     tokens: jax.Array
@@ -78,6 +96,8 @@ class BeamResult(NamedTuple):
     steps: jax.Array
     generated_tokens: jax.Array
     model_calls: jax.Array
+    truncated: jax.Array
+    overflow: jax.Array
 
 
 def _combine(how: str, parent: jax.Array, reward: jax.Array,
@@ -106,11 +126,11 @@ def beam_search(models: QStarModels, prompt_tokens: jax.Array,
       stop: delimiter / end / final token masks.
       config: static settings.
     """
+    check_prompts("beam_search", prompt_tokens, prompt_lengths, keys,
+                  config.state_width)
     b, p0 = prompt_tokens.shape
     w, p = config.width, config.state_width
     k, t = config.proposer.num_steps, config.proposer.max_step_tokens
-    if p0 > p:
-        raise ValueError(f"prompts have {p0} tokens, state_width is {p}")
     tokens = jnp.zeros((b, w, p), jnp.int32).at[:, :, :p0].set(
         prompt_tokens[:, None])
     init = BeamResult(
@@ -120,7 +140,8 @@ def beam_search(models: QStarModels, prompt_tokens: jax.Array,
         scores=jnp.full((b, w), _WORST).at[:, 0].set(0.0),
         finished=jnp.zeros((b, w), bool), steps=jnp.zeros((b, w), jnp.int32),
         generated_tokens=jnp.zeros((b,), jnp.int32),
-        model_calls=jnp.int32(0))
+        model_calls=jnp.int32(0), truncated=jnp.zeros((b,), jnp.int32),
+        overflow=jnp.zeros((b,), jnp.int32))
     critic = models.prm if config.score == "prm" else models.qvm
 
     def step(i, beams: BeamResult) -> BeamResult:
@@ -142,11 +163,17 @@ def beam_search(models: QStarModels, prompt_tokens: jax.Array,
         if config.score == "prm":
             score = _combine(config.aggregation, beams.scores[..., None],
                              score, (beams.steps == 0)[..., None])
-        fits = child_len.reshape(b, w, k) <= p
-        ok = props.valid.reshape(b, w, k) & live[..., None] & fits
+        outcome = jax.tree.map(lambda x: x.reshape(b, w, k), classify_steps(
+            valid=props.valid, finished=props.finished,
+            truncated=props.truncated, state_lengths=child_len,
+            state_width=p, mode=config.truncated_steps))
+        ok = outcome.valid & live[..., None]
         score = jnp.where(ok & jnp.isfinite(score), score, _WORST)
-        done = (props.finished | props.truncated).reshape(b, w, k) | (
-            child_len.reshape(b, w, k) + t > p)
+
+        def count(mask):
+            return jnp.sum(mask & live[..., None], axis=(1, 2),
+                           dtype=jnp.int32)
+
         # Candidates: W*K children, then the W beams themselves when done.
         cand_scores = jnp.concatenate([
             score.reshape(b, w * k),
@@ -156,7 +183,7 @@ def beam_search(models: QStarModels, prompt_tokens: jax.Array,
         cand_lengths = jnp.concatenate(
             [jnp.minimum(child_len, p).reshape(b, w * k), beams.lengths], 1)
         cand_finished = jnp.concatenate(
-            [done.reshape(b, w * k), beams.finished], axis=1)
+            [outcome.terminal.reshape(b, w * k), beams.finished], axis=1)
         cand_steps = jnp.concatenate(
             [jnp.repeat(beams.steps + 1, k, axis=1), beams.steps], axis=1)
         top_scores, idx = jax.lax.top_k(cand_scores, w)
@@ -171,7 +198,9 @@ def beam_search(models: QStarModels, prompt_tokens: jax.Array,
             scores=top_scores, finished=take(cand_finished),
             steps=take(cand_steps),
             generated_tokens=beams.generated_tokens + spent.sum(1),
-            model_calls=beams.model_calls + 1)
+            model_calls=beams.model_calls + 1,
+            truncated=beams.truncated + count(outcome.truncated),
+            overflow=beams.overflow + count(outcome.overflow))
 
     def running(state):
         i, beams = state

@@ -10,6 +10,10 @@ Both functions receive the whole `Tree`, so they can rebuild any node's token
 state with `tree.state_tokens`. `call_if` skips a model call that no row
 of the batch needs. They must treat the rows of the batch
 independently: a row's outputs may depend only on that row's tree and key.
+Their outputs are shape- and dtype-checked at trace time
+(`check_expansion`, `check_lookahead`): a wrong shape, a step wider than the
+tree's T or more children than its C edges raises a ValueError naming the
+function, the field, the expected and the actual shape.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from qstar_jax.search.contracts import check_array
 
 if TYPE_CHECKING:
     from qstar_jax.search.tree import Tree
@@ -37,6 +43,12 @@ class Expansion(NamedTuple):
       q_value: [B, K] float32 QVM estimate Q(parent, a_k) of each step.
       generated_tokens: [B] int32 tokens the model generated for the row
         (the compute spent, discarded samples included).
+      truncated: [B, K] bool or None: the proposed step was cut at the
+        step-token limit (counted in `SearchStats.truncated`, whether or not
+        the child was created).
+      overflow: [B, K] bool or None: the child was not created because its
+        state would not fit the state width (counted in
+        `SearchStats.overflow`).
     """
 
     step_tokens: jax.Array
@@ -47,6 +59,8 @@ class Expansion(NamedTuple):
     reward: jax.Array
     q_value: jax.Array
     generated_tokens: jax.Array
+    truncated: jax.Array | None = None
+    overflow: jax.Array | None = None
 
 
 class Lookahead(NamedTuple):
@@ -90,3 +104,55 @@ def call_if(pred: jax.Array, fn, *args):
     return jax.lax.cond(
         pred, lambda: fn(*args),
         lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+
+
+def check_expansion(expansion: Expansion, fn_name: str, batch: int,
+                    max_children: int, max_step_tokens: int) -> int:
+    """Checks an `ExpandFn` output at trace time; returns K.
+
+    Args:
+      expansion: the output.
+      fn_name: the function's name, for the error message.
+      batch, max_children, max_step_tokens: the tree's B, C (K <= C) and T.
+    """
+    if not isinstance(expansion, Expansion):
+        raise ValueError(f"{fn_name} must return Expansion, got "
+                         f"{type(expansion).__name__}")
+    tokens = expansion.step_tokens
+    shape = tuple(getattr(tokens, "shape", ()))
+    if len(shape) != 3:
+        raise ValueError(
+            f"{fn_name} returned Expansion.step_tokens with shape {shape}; "
+            f"expected (B, K, T) with B = {batch}, T = {max_step_tokens}")
+    k = shape[1]
+    if k > max_children:
+        raise ValueError(
+            f"{fn_name} returned K = {k} children per node (Expansion."
+            f"step_tokens shape {shape}) but the tree has C = "
+            f"{max_children} edges per node; build it with max_children "
+            f">= {k}")
+    check_array(fn_name, "Expansion", "step_tokens", tokens,
+                (batch, k, max_step_tokens), "(B, K, T)", "int")
+    for field, kind in (("step_lengths", "int"), ("log_probs", "float"),
+                        ("valid", "mask"), ("terminal", "mask"),
+                        ("reward", "float"), ("q_value", "float"),
+                        ("truncated", "mask"), ("overflow", "mask")):
+        x = getattr(expansion, field)
+        if x is not None or field not in ("truncated", "overflow"):
+            check_array(fn_name, "Expansion", field, x, (batch, k),
+                        "(B, K)", kind)
+    check_array(fn_name, "Expansion", "generated_tokens",
+                expansion.generated_tokens, (batch,), "(B,)", "int")
+    return k
+
+
+def check_lookahead(lookahead: Lookahead, fn_name: str, batch: int,
+                    k: int) -> None:
+    """Checks a `LookaheadFn` output at trace time (B rows, K children)."""
+    if not isinstance(lookahead, Lookahead):
+        raise ValueError(f"{fn_name} must return Lookahead, got "
+                         f"{type(lookahead).__name__}")
+    check_array(fn_name, "Lookahead", "value", lookahead.value, (batch, k),
+                "(B, K)", "float")
+    check_array(fn_name, "Lookahead", "generated_tokens",
+                lookahead.generated_tokens, (batch,), "(B,)", "int")

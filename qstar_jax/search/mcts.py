@@ -48,6 +48,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from qstar_jax.search.contracts import check_keys
 from qstar_jax.search.interfaces import call_if
 from qstar_jax.search.mcts_answers import answers
 from qstar_jax.search.mcts_interfaces import (EvaluateFn, Evaluation,
@@ -188,6 +189,12 @@ def _iteration(i, tree: Tree, stats: MCTSStats, gumbel: jax.Array,
     def total(x):
         return jnp.sum(x, axis=1, dtype=jnp.int32)
 
+    def candidates(mask):        # An optional [B, S, R] Options flag.
+        if mask is None:
+            return 0
+        return total(jnp.sum(mask.astype(bool) & expanding[..., None],
+                             axis=2, dtype=jnp.int32))
+
     bad = jnp.where(created, reward_bad.astype(jnp.int32) + eval_bad
                     + prior_bad, 0)
     generated = total(jnp.where(expanding, options.generated_tokens, 0)) + \
@@ -207,6 +214,8 @@ def _iteration(i, tree: Tree, stats: MCTSStats, gumbel: jax.Array,
         model_calls=stats.model_calls + jnp.any(expanding, axis=1)
         + jnp.any(created, axis=1),
         nan_count=stats.nan_count + total(bad),
+        truncated=stats.truncated + candidates(options.truncated),
+        overflow=stats.overflow + candidates(options.overflow),
         max_depth=jnp.maximum(stats.max_depth, jnp.max(
             jnp.where(created, depth, 0), axis=1)),
         status=status)
@@ -267,6 +276,7 @@ def run_mcts(propose_fn: ProposeFn, evaluate_fn: EvaluateFn, tree: Tree,
     """
     _check_tree(tree, config)
     b, c = tree.batch_size, tree.max_children
+    check_keys("run_mcts", keys, b)
     split = jax.vmap(lambda key: jax.random.split(key, 3))(keys)
     root_keys, gumbel_keys, loop_keys = split[:, 0], split[:, 1], split[:, 2]
     gumbel = config.gumbel_scale * jax.vmap(

@@ -24,7 +24,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
+
+from qstar_jax.search.contracts import check_array
 
 if TYPE_CHECKING:
     from qstar_jax.search.tree import Tree
@@ -43,6 +44,10 @@ class Options(NamedTuple):
       reward: [B, K, R] float32 reward of the step (0 in the language-model
         version; mctx's transition reward in the toy environments).
       generated_tokens: [B, K] int32 tokens generated for each pair.
+      truncated: [B, K, R] bool or None: the candidate was cut at the
+        step-token limit (counted in `MCTSStats.truncated`).
+      overflow: [B, K, R] bool or None: the candidate is invalid because
+        its state would exceed the state width (`MCTSStats.overflow`).
     """
 
     step_tokens: jax.Array
@@ -52,6 +57,8 @@ class Options(NamedTuple):
     terminal: jax.Array
     reward: jax.Array
     generated_tokens: jax.Array
+    truncated: jax.Array | None = None
+    overflow: jax.Array | None = None
 
 
 class Evaluation(NamedTuple):
@@ -92,28 +99,6 @@ are set). Unused entries point at some valid slot; outputs are ignored.
 """
 
 
-_DTYPE_WORDS = {"int": "an integer", "float": "a float",
-                "mask": "a bool (or integer)"}
-
-
-def _check(fn_name: str, kind: str, field: str, x, shape: tuple,
-           names: str, dtype_kind: str) -> None:
-    """Raises a ValueError unless x has `shape` and a dtype of the kind."""
-    got = tuple(getattr(x, "shape", ()))
-    if got != shape:
-        raise ValueError(
-            f"{fn_name} returned {kind}.{field} with shape {got}; expected "
-            f"{names} = {shape}")
-    dtype = x.dtype
-    ok = {"int": jnp.issubdtype(dtype, jnp.integer),
-          "float": jnp.issubdtype(dtype, jnp.floating),
-          "mask": jnp.issubdtype(dtype, jnp.integer) or dtype == bool}
-    if not ok[dtype_kind]:
-        raise ValueError(
-            f"{fn_name} returned {kind}.{field} of dtype {dtype}; expected "
-            f"{_DTYPE_WORDS[dtype_kind]} dtype")
-
-
 def check_options(options: Options, fn_name: str, batch: int, pairs: int,
                   max_step_tokens: int) -> int:
     """Checks a `ProposeFn` output at trace time; returns R.
@@ -134,15 +119,17 @@ def check_options(options: Options, fn_name: str, batch: int, pairs: int,
             f"B = {batch}, K = {pairs}, T = {max_step_tokens}")
     r = tokens.shape[2]
     bkr = (batch, pairs, r)
-    _check(fn_name, "Options", "step_tokens", tokens,
-           bkr + (max_step_tokens,), "(B, K, R, T)", "int")
+    check_array(fn_name, "Options", "step_tokens", tokens,
+                bkr + (max_step_tokens,), "(B, K, R, T)", "int")
     for field, kind in (("step_lengths", "int"), ("prior_logits", "float"),
                         ("valid", "mask"), ("terminal", "mask"),
-                        ("reward", "float")):
-        _check(fn_name, "Options", field, getattr(options, field), bkr,
-               "(B, K, R)", kind)
-    _check(fn_name, "Options", "generated_tokens", options.generated_tokens,
-           (batch, pairs), "(B, K)", "int")
+                        ("reward", "float"), ("truncated", "mask"),
+                        ("overflow", "mask")):
+        x = getattr(options, field)
+        if x is not None or field not in ("truncated", "overflow"):
+            check_array(fn_name, "Options", field, x, bkr, "(B, K, R)", kind)
+    check_array(fn_name, "Options", "generated_tokens",
+                options.generated_tokens, (batch, pairs), "(B, K)", "int")
     return r
 
 
@@ -161,8 +148,9 @@ def check_evaluation(evaluation: Evaluation, fn_name: str, batch: int,
                          f"{type(evaluation).__name__}")
     for field, kind in (("value", "float"), ("outcome", "float"),
                         ("generated_tokens", "int")):
-        _check(fn_name, "Evaluation", field, getattr(evaluation, field),
-               (batch, nodes), "(B, K)", kind)
+        check_array(fn_name, "Evaluation", field,
+                    getattr(evaluation, field), (batch, nodes), "(B, K)",
+                    kind)
     if evaluation.prior_logits is None:
         if need_priors:
             raise ValueError(
@@ -170,6 +158,6 @@ def check_evaluation(evaluation: Evaluation, fn_name: str, batch: int,
                 "expansion='enumerated' needs the [B, K, C] prior logits "
                 "of each node's edges")
     else:
-        _check(fn_name, "Evaluation", "prior_logits",
-               evaluation.prior_logits, (batch, nodes, edges), "(B, K, C)",
-               "float")
+        check_array(fn_name, "Evaluation", "prior_logits",
+                    evaluation.prior_logits, (batch, nodes, edges),
+                    "(B, K, C)", "float")

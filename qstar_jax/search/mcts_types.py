@@ -211,6 +211,10 @@ class MCTSStats:
       max_depth: the deepest node created (root: 0).
       status: RUNNING (never at the end), DONE (all simulations run) or
         FULL (an expansion found no free slot; the row stopped then).
+      truncated: candidate options of the row's expansions cut at the
+        step-token limit (`Options.truncated`; kept or not).
+      overflow: candidate options made invalid because their state would
+        exceed the state width (`Options.overflow`).
     """
 
     simulations: jax.Array
@@ -226,6 +230,8 @@ class MCTSStats:
     nan_count: jax.Array
     max_depth: jax.Array
     status: jax.Array
+    truncated: jax.Array
+    overflow: jax.Array
 
 
 def zero_stats(batch: int) -> MCTSStats:

@@ -33,7 +33,9 @@ from qstar_jax.models.decoder import Decoder
 from qstar_jax.sampling.decode import StopRule
 from qstar_jax.sampling.proposer import ProposerConfig, propose_steps
 from qstar_jax.search.astar import AStarConfig, SearchResult, astar_search
+from qstar_jax.search.contracts import check_prompts
 from qstar_jax.search.interfaces import Expansion, Lookahead
+from qstar_jax.search.step_limits import check_truncated_steps, classify_steps
 from qstar_jax.search.tree import Tree, init_tree, state_tokens
 
 
@@ -58,13 +60,25 @@ class QStarConfig:
     Attributes:
       search: the A* settings (nodes, budget, lambda, aggregation, mode).
       proposer: K, M, step-token limit and sampling of the policy.
-      state_width: P, tokens of the longest state (prompt plus steps); a
-        child that does not leave room for one more step is terminal.
+      state_width: P, tokens of the longest state (prompt plus steps);
+        prompts wider than P are an error, and a child whose state would
+        exceed P is not created (counted in `stats.overflow`).
+      truncated_steps: what a step cut at `proposer.max_step_tokens`
+        becomes: 'drop' (not created), 'continue' (a non-terminal child)
+        or 'finish' (a finished solution); counted in `stats.truncated`
+        either way (`search.step_limits`).
     """
 
     search: AStarConfig
     proposer: ProposerConfig
     state_width: int
+    truncated_steps: str = "drop"
+
+    def __post_init__(self):
+        check_truncated_steps("QStarConfig", self.truncated_steps)
+        if self.state_width < 1:
+            raise ValueError(f"QStarConfig.state_width must be >= 1, got "
+                             f"{self.state_width}")
 
 
 def _score(critic: Critic, tokens, lengths, proposals) -> jax.Array:
@@ -86,20 +100,27 @@ def expand_states(models: QStarModels, stop: StopRule, config: QStarConfig,
 
     Returns:
       The `Expansion` ([B, K, T] steps). A child is terminal when its step
-      ends the solution, was cut at the step-token limit, or leaves no room
-      for another step within `config.state_width`.
+      ends the solution (an end or final-answer token in a step that was
+      not cut); a step cut at the step-token limit is dropped, continued
+      or finished as `config.truncated_steps` says, and a child whose
+      state would exceed `config.state_width` is not created
+      (`search.step_limits`; both flagged in the Expansion).
     """
     proposals = propose_steps(models.policy, tokens, lengths, keys, stop,
                               config=config.proposer)
-    child_len = lengths[:, None] + proposals.lengths
-    room = child_len + config.proposer.max_step_tokens <= config.state_width
+    outcome = classify_steps(
+        valid=proposals.valid, finished=proposals.finished,
+        truncated=proposals.truncated,
+        state_lengths=lengths[:, None] + proposals.lengths,
+        state_width=config.state_width, mode=config.truncated_steps)
     return Expansion(
         step_tokens=proposals.tokens, step_lengths=proposals.lengths,
-        log_probs=proposals.log_probs, valid=proposals.valid,
-        terminal=proposals.finished | proposals.truncated | ~room,
+        log_probs=proposals.log_probs, valid=outcome.valid,
+        terminal=outcome.terminal,
         reward=_score(models.prm, tokens, lengths, proposals),
         q_value=_score(models.qvm, tokens, lengths, proposals),
-        generated_tokens=proposals.generated_tokens)
+        generated_tokens=proposals.generated_tokens,
+        truncated=outcome.truncated, overflow=outcome.overflow)
 
 
 def expand_nodes(models: QStarModels, stop: StopRule, config: QStarConfig,
@@ -166,7 +187,13 @@ def qstar_search(models: QStarModels, prompt_tokens: jax.Array,
 
     Returns:
       The `SearchResult` (trees, trajectories, best, statistics).
+
+    Raises:
+      ValueError: prompts wider than `config.state_width`, or prompt
+        lengths or keys that do not give one entry per problem.
     """
+    check_prompts("qstar_search", prompt_tokens, prompt_lengths, keys,
+                  config.state_width)
     tree = init_tree(prompt_tokens, prompt_lengths,
                      num_nodes=config.search.num_nodes,
                      max_step_tokens=config.proposer.max_step_tokens,

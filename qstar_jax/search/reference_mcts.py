@@ -95,7 +95,8 @@ class _Search(ReferenceSelection):
                           collisions=0, failed=0, dropped=0,
                           merge_rejected=0, merge_fallbacks=0,
                           generated_tokens=0, model_calls=0, nan_count=0,
-                          max_depth=0, status=RUNNING)
+                          max_depth=0, status=RUNNING,
+                          truncated=0, overflow=0)  # Table envs: never.
         self.table = considered_table(config.max_considered,
                                       config.num_simulations)
 
