@@ -82,7 +82,8 @@ class BeamResult(NamedTuple):
         with `truncated_steps='finish'`).
       steps: [B, W] reasoning steps in the beam.
       generated_tokens: [B] tokens sampled for the problem.
-      model_calls: [] batched policy calls made.
+      model_calls: [B] int32 iterations in which the problem had a live
+        beam (each one batched policy call and one critic call).
       truncated: [B] int32 proposed steps of live beams cut at the
         step-token limit.
       overflow: [B] int32 children dropped because their state would
@@ -140,7 +141,8 @@ def beam_search(models: QStarModels, prompt_tokens: jax.Array,
         scores=jnp.full((b, w), _WORST).at[:, 0].set(0.0),
         finished=jnp.zeros((b, w), bool), steps=jnp.zeros((b, w), jnp.int32),
         generated_tokens=jnp.zeros((b,), jnp.int32),
-        model_calls=jnp.int32(0), truncated=jnp.zeros((b,), jnp.int32),
+        model_calls=jnp.zeros((b,), jnp.int32),
+        truncated=jnp.zeros((b,), jnp.int32),
         overflow=jnp.zeros((b,), jnp.int32))
     critic = models.prm if config.score == "prm" else models.qvm
 
@@ -198,7 +200,7 @@ def beam_search(models: QStarModels, prompt_tokens: jax.Array,
             scores=top_scores, finished=take(cand_finished),
             steps=take(cand_steps),
             generated_tokens=beams.generated_tokens + spent.sum(1),
-            model_calls=beams.model_calls + 1,
+            model_calls=beams.model_calls + jnp.any(live, axis=1),
             truncated=beams.truncated + count(outcome.truncated),
             overflow=beams.overflow + count(outcome.overflow))
 
