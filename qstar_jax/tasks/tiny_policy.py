@@ -50,8 +50,9 @@ PARAMS_FILE = "params.safetensors"
 
 
 def stop_rule(tokenizer: ArithTokenizer) -> StopRule:
-    """Newline ends a step, eos ends the solution, '####' marks the answer."""
-    return states.stop_rule(tokenizer, delimiter="\n", final_marker="####")
+    """ArithChain's stop rule (`states.task_stop_rule`): newline ends a
+    step, eos ends the solution, its final marker '####' marks the answer."""
+    return states.task_stop_rule(tokenizer, ArithChain())
 
 
 def save_params(model: nnx.Module, path: str, dtype=np.float16) -> None:
