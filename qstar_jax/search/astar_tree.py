@@ -8,9 +8,24 @@ order, which are `num_nodes, num_nodes + 1, ...` (creation order) until
 `recycle` frees OPEN nodes (lowest f first, ties to the highest index) for
 reuse. Child k of a node is its edge k (`children_index[b, node, k]`), and
 the K proposals' log-probabilities are the node's edge priors.
+
+Selection at large N: the slots of a row are cut into blocks of
+`selection_block(N)` (about sqrt(N)) slots, and `AStarNodes.block_best`
+keeps, per block, an upper bound of the best f among its OPEN slots (exact
+after every function here). `best_open_node` then reads the [B, N / block]
+block bounds and scans one block, instead of all N slots, and checks the
+block it picked: if that block's exact best is below its bound (a slot was
+closed or freed by hand), it falls back to a full scan, so the answer is
+always the one of a full scan. The functions here that open slots or
+change f (`add_children`, `set_scores`, `recycle`) keep the bounds exact;
+the block of `add_children`'s parent (the node just popped) is refreshed
+there. Code that raises an f or opens a slot by hand must call
+`refresh_selection` afterwards.
 """
 
 from __future__ import annotations
+
+import math
 
 import flax.struct
 import jax
@@ -39,6 +54,9 @@ class AStarNodes:
       status: [B, N] int32 FREE, OPEN or CLOSED.
       num_free: [B] int32 FREE slots: N - num_nodes plus recycled slots not
         yet reused (kept in step with `status` by the functions here).
+      block_best: [B, N / selection_block(N)] float32 an upper bound of the
+        best f of the OPEN slots of each block (-inf: none), or None (no
+        cache: `best_open_node` scans every slot).
     """
 
     g: jax.Array
@@ -46,6 +64,18 @@ class AStarNodes:
     f: jax.Array
     status: jax.Array
     num_free: jax.Array
+    block_best: jax.Array | None = None
+
+    def after_expand(self, tree: Tree, parent: jax.Array,
+                     expansion: Expansion,
+                     expanded: jax.Array) -> "AStarNodes":
+        """Called by `add_children` once the children of `parent` [B] are in
+        (`tree` holds them; `expanded` [B] marks the rows that expanded).
+        A subclass can keep per-node data in step with the tree here (the
+        cached Q* path stages the next node's key/values); A* itself keeps
+        nothing more and returns the nodes unchanged."""
+        del tree, parent, expansion, expanded
+        return self
 
 
 def astar_nodes(tree: Tree) -> AStarNodes:
@@ -53,8 +83,12 @@ def astar_nodes(tree: Tree) -> AStarNodes:
     b, n = tree.parent.shape
     zeros = jnp.zeros((b, n), jnp.float32)
     status = jnp.full((b, n), FREE, jnp.int32).at[:, Tree.ROOT].set(OPEN)
+    num_blocks = -(-n // selection_block(n))
+    block_best = jnp.full((b, num_blocks), -jnp.inf,
+                          jnp.float32).at[:, 0].set(0.0)   # The root.
     return AStarNodes(g=zeros, h=zeros, f=zeros, status=status,
-                      num_free=jnp.full((b,), n - 1, jnp.int32))
+                      num_free=jnp.full((b,), n - 1, jnp.int32),
+                      block_best=block_best)
 
 
 def init_astar_tree(prompt_tokens: jax.Array, prompt_lengths: jax.Array, *,
@@ -68,16 +102,117 @@ def init_astar_tree(prompt_tokens: jax.Array, prompt_lengths: jax.Array, *,
     return tree.replace(extra=astar_nodes(tree))
 
 
-def best_open_node(tree: Tree, block: int = 128) -> jax.Array:
+def selection_block(num_nodes: int) -> int:
+    """Slots per block of the selection cache: the power of two nearest
+    sqrt(N), at least 8 (N = 4096: 64 blocks of 64)."""
+    return max(8, 1 << round(math.log2(max(num_nodes, 1)) / 2))
+
+
+def _block_scores(nodes: AStarNodes, blocks: jax.Array,
+                  block: int) -> jax.Array:
+    """[B, J, block] f of the OPEN slots of blocks [B, J] (-inf elsewhere)."""
+    n = nodes.status.shape[1]
+    ids = blocks[..., None] * block + jnp.arange(block)        # [B, J, blk]
+    safe = jnp.minimum(ids, n - 1)
+    rows = jnp.arange(ids.shape[0])[:, None, None]
+    open_ = (ids < n) & (nodes.status[rows, safe] == OPEN)
+    return jnp.where(open_, nodes.f[rows, safe], -jnp.inf)
+
+
+def refresh_selection(nodes: AStarNodes,
+                      blocks: jax.Array | None = None) -> AStarNodes:
+    """`nodes` with exact `block_best` for the given blocks.
+
+    Args:
+      nodes: A*'s per-node arrays.
+      blocks: [B, J] int32 block indices to recompute (entries outside
+        [0, N / block) are skipped), or None: every block (O(N) per row).
+    """
+    b, n = nodes.status.shape
+    block = selection_block(n)
+    num_blocks = -(-n // block)
+    if blocks is None or nodes.block_best is None:
+        score = jnp.where(nodes.status == OPEN, nodes.f, -jnp.inf)
+        score = jnp.pad(score, ((0, 0), (0, num_blocks * block - n)),
+                        constant_values=-jnp.inf)
+        return nodes.replace(block_best=jnp.max(
+            score.reshape(b, num_blocks, block), axis=2))
+    ok = (blocks >= 0) & (blocks < num_blocks)
+    best = jnp.max(_block_scores(nodes, jnp.where(ok, blocks, 0), block),
+                   axis=2)
+    rows = jnp.arange(b)[:, None]
+    return nodes.replace(block_best=nodes.block_best.at[
+        rows, jnp.where(ok, blocks, num_blocks)].set(best, mode="drop"))
+
+
+def _refresh_slots(nodes: AStarNodes, slots: jax.Array) -> AStarNodes:
+    """Exact `block_best` for the blocks of slots [B, K] (-1 skipped)."""
+    if nodes.block_best is None:
+        return nodes
+    block = selection_block(nodes.status.shape[1])
+    return refresh_selection(nodes, jnp.where(slots >= 0, slots // block,
+                                              -1))
+
+
+def best_open_node(tree: Tree, block: int | None = None) -> jax.Array:
     """[B] int32 the OPEN slot with the largest f, ties to the lowest index.
 
-    One pass over [B, N] computes the best f of every block of `block`
-    slots; the lowest-index block holding the row's best f is then scanned
-    for its lowest matching slot. On CPU this is several times faster than
-    `jnp.argmax` (a (value, index) reduction). A row without OPEN nodes gets
-    some non-OPEN slot.
+    With the selection cache (`AStarNodes.block_best`, `block` None): the
+    lowest-index block of the largest bound is scanned for its best slot,
+    O(N / block + block) per row; if its exact best is below the bound, a
+    full scan answers instead (so the result never depends on the cache).
+
+    Full scan (no cache, or `block` given): one pass over [B, N] computes
+    the best f of every block of `block` (default 128) slots; the
+    lowest-index block holding the row's best f is then scanned for its
+    lowest matching slot. On CPU this is several times faster than
+    `jnp.argmax` (a (value, index) reduction).
+
+    A row without OPEN nodes gets some non-OPEN slot.
     """
     nodes: AStarNodes = tree.extra
+    if block is None and nodes.block_best is not None:
+        return _cached_best(nodes)
+    return _scanned_best(nodes, 128 if block is None else block)
+
+
+def _cached_best(nodes: AStarNodes) -> jax.Array:
+    """`best_open_node` through the block bounds (see there).
+
+    Picks the lowest-index block of the largest bound and scans it; while
+    some row's scanned best is below that block's bound (the block went
+    stale), the bound is lowered to the exact value in a local copy and the
+    pick repeats. Each round makes one more block exact, so the loop ends
+    (within N / block rounds), with the answer of a full scan.
+    """
+    n = nodes.status.shape[1]
+    block = selection_block(n)
+
+    def pick(bounds):
+        first = jnp.argmax(bounds, axis=1).astype(jnp.int32)
+        scores = _block_scores(nodes, first[:, None], block)[:, 0]
+        return first, scores, jnp.max(scores, axis=1)
+
+    def stale(carry):
+        bounds, first, _, exact = carry
+        return jnp.any(exact != jnp.max(bounds, axis=1))
+
+    def lower(carry):
+        bounds, first, _, exact = carry
+        bounds = bounds.at[jnp.arange(bounds.shape[0]), first].set(
+            exact)
+        return (bounds,) + pick(bounds)
+
+    bounds = nodes.block_best
+    _, first, scores, exact = jax.lax.while_loop(stale, lower,
+                                                 (bounds,) + pick(bounds))
+    offset = jnp.min(jnp.where(scores == exact[:, None], jnp.arange(block),
+                               block), axis=1) % block
+    return (first * block + offset).astype(jnp.int32)
+
+
+def _scanned_best(nodes: AStarNodes, block: int) -> jax.Array:
+    """`best_open_node` by a full blocked scan of [B, N]."""
     b, n = nodes.status.shape
     block = min(block, n)
     num_blocks = -(-n // block)
@@ -146,32 +281,39 @@ def recycle(tree: Tree, need: jax.Array, *, max_victims: int,
       The tree with the victims FREE, and freed [B] int32.
     """
     nodes: AStarNodes = tree.extra
-    b, n = nodes.status.shape
-    v = min(max_victims, n)
     deficit = jnp.maximum(need - nodes.num_free, 0)
+    # The whole update runs inside the cond and the tree goes through it,
+    # so XLA updates the [B, N] arrays in place instead of copying them.
+    return jax.lax.cond(
+        jnp.any(deficit > 0),
+        lambda t: _free_victims(t, deficit, max_victims, reset_fields),
+        lambda t: (t, jnp.zeros_like(deficit)), tree)
 
-    def pick():
-        # Reversed so that top_k's tie rule (lower index first) picks the
-        # highest original index among equal f.
-        score = jnp.where(nodes.status == OPEN, -nodes.f, -jnp.inf)[:, ::-1]
-        victims = (n - 1 - jax.lax.top_k(score, v)[1]).astype(jnp.int32)
-        take = ((jnp.arange(v) < deficit[:, None])
-                & (node_values(nodes.status, victims) == OPEN))
-        return jnp.where(take, victims, n)
 
-    target = jax.lax.cond(jnp.any(deficit > 0), pick,
-                          lambda: jnp.full((b, v), n, jnp.int32))
+def _free_victims(tree: Tree, deficit: jax.Array, max_victims: int,
+                  reset_fields: bool) -> tuple[Tree, jax.Array]:
+    """`recycle` for rows short of `deficit` [B] slots (see there)."""
+    nodes: AStarNodes = tree.extra
+    n = nodes.status.shape[1]
+    v = min(max_victims, n)
+    # Reversed so that top_k's tie rule (lower index first) picks the
+    # highest original index among equal f.
+    score = jnp.where(nodes.status == OPEN, -nodes.f, -jnp.inf)[:, ::-1]
+    victims = (n - 1 - jax.lax.top_k(score, v)[1]).astype(jnp.int32)
+    take = ((jnp.arange(v) < deficit[:, None])
+            & (node_values(nodes.status, victims) == OPEN))
+    target = jnp.where(take, victims, n)
     freed = jnp.sum(target < n, axis=1, dtype=jnp.int32)
-    rows = jnp.arange(b)[:, None]
+    rows = jnp.arange(tree.batch_size)[:, None]
     parent = jnp.where(target < n, node_values(tree.parent, target), n)
     children = tree.children_index.at[
         rows, parent, node_values(tree.action_from_parent, target)].set(
             Tree.NO_CHILD, mode="drop")
     a_names = list(_ASTAR_FREE) if reset_fields else ["status"]
-    nodes = nodes.replace(
+    nodes = _refresh_slots(nodes.replace(
         num_free=nodes.num_free + freed,
         **{name: put_values(getattr(nodes, name), target, _ASTAR_FREE[name])
-           for name in a_names})
+           for name in a_names}), jnp.where(target < n, target, -1))
     shared = {name: put_values(getattr(tree, name), target, value)
               for name, (value, _) in EMPTY_NODE.items()} if reset_fields \
         else {}
@@ -235,8 +377,13 @@ def add_children(tree: Tree, parent: jax.Array, expansion: Expansion,
         **{name: put_values(getattr(nodes, name), target, value)
            for name, value in new.items()},
         num_free=nodes.num_free - jnp.sum(fits, axis=1, dtype=jnp.int32))
-    return (tree.replace(children_prior_logits=priors, extra=nodes),
-            jnp.where(fits, slot, -1))
+    child = jnp.where(fits, slot, -1)
+    # The parent's block: it was popped (closed) since the last refresh.
+    nodes = _refresh_slots(nodes, jnp.concatenate([parent[:, :1], child],
+                                                  axis=1))
+    tree = tree.replace(children_prior_logits=priors, extra=nodes)
+    return (tree.replace(extra=nodes.after_expand(
+        tree, parent[:, 0], expansion, insert_mask)), child)
 
 
 def set_scores(tree: Tree, nodes: jax.Array, h: jax.Array,
@@ -249,5 +396,6 @@ def set_scores(tree: Tree, nodes: jax.Array, h: jax.Array,
       h: [B, K] float32 new heuristics; f: [B, K] float32 new priorities.
     """
     state: AStarNodes = tree.extra
-    return tree.replace(extra=state.replace(
-        h=put_values(state.h, nodes, h), f=put_values(state.f, nodes, f)))
+    state = state.replace(h=put_values(state.h, nodes, h),
+                          f=put_values(state.f, nodes, f))
+    return tree.replace(extra=_refresh_slots(state, nodes))
