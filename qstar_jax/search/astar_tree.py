@@ -14,9 +14,10 @@ Selection at large N: the slots of a row are cut into blocks of
 keeps, per block, an upper bound of the best f among its OPEN slots (exact
 after every function here). `best_open_node` then reads the [B, N / block]
 block bounds and scans one block, instead of all N slots, and checks the
-block it picked: if that block's exact best is below its bound (a slot was
-closed or freed by hand), it falls back to a full scan, so the answer is
-always the one of a full scan. The functions here that open slots or
+block it picked: while that block's exact best is below its bound (a slot
+was closed or freed by hand), the bound is lowered to the exact value in a
+local copy and the pick repeats, so the answer is always the one of a full
+scan. The functions here that open slots or
 change f (`add_children`, `set_scores`, `recycle`) keep the bounds exact;
 the block of `add_children`'s parent (the node just popped) is refreshed
 there. Code that raises an f or opens a slot by hand must call
@@ -159,8 +160,9 @@ def best_open_node(tree: Tree, block: int | None = None) -> jax.Array:
 
     With the selection cache (`AStarNodes.block_best`, `block` None): the
     lowest-index block of the largest bound is scanned for its best slot,
-    O(N / block + block) per row; if its exact best is below the bound, a
-    full scan answers instead (so the result never depends on the cache).
+    O(N / block + block) per row; while its exact best is below the bound,
+    the bound is lowered and the pick repeats (so the result never depends
+    on the cache being exact, only on it being an upper bound).
 
     Full scan (no cache, or `block` given): one pass over [B, N] computes
     the best f of every block of `block` (default 128) slots; the
