@@ -32,10 +32,12 @@ import numpy as np
 from qstar_jax.learning import (binary_metrics, critic_arrays, critic_loss,
                                 final_outcome_labels, load_rollouts,
                                 outcome_value_labels, step_scores)
-from qstar_jax.learning.siblings import (pairwise_accuracy, score_siblings,
+from qstar_jax.learning.siblings import (contrast_sibling_arrays,
+                                         pairwise_accuracy, score_siblings,
                                          sibling_arrays, sibling_loss,
                                          unpack_candidates)
 from qstar_jax.models.config import tiny
+from qstar_jax.tasks.arithchain import ArithChain
 from qstar_jax.tasks.tiny_critics import (CriticSpec, build_critic,
                                           load_critic, read_spec,
                                           round_to_stored, save_critic)
@@ -178,17 +180,41 @@ def rollout_metrics(critic, ds, kind: str) -> dict:
                               "recall")}
 
 
+SYNTHETIC_OFFSET = 20_000
+"""First training problem of the synthetic contrasts (after the problems of
+the train_policy and train_gold stores)."""
+
+
+def synthetic_rows(num_problems: int) -> dict:
+    """Gold states of fresh training problems, each gold step with its
+    flipped and miscalculated versions (`contrast_sibling_arrays`)."""
+    _, tokenizer, task_config = load_tiny_policy()
+    task = ArithChain(task_config)
+    problems = task.problems("train")[SYNTHETIC_OFFSET:SYNTHETIC_OFFSET
+                                      + num_problems]
+    data = contrast_sibling_arrays(task, tokenizer, problems, width=192)
+    data["tokens"] = data["tokens"][:, :int(data["lengths"].max())]
+    return data
+
+
 def training_data(args, variant):
     """(trainer data, loss function, labelled items) of a variant."""
     parts, count = [], 0
     for source in variant.sources:
+        if source == "synthetic":
+            data = synthetic_rows(args.synthetic_problems)
+            count += int(data["mask"].sum())
+            parts.append(data)
+            continue
         ds, labels = load_store(args.run_dir, source)
         share = (None if args.max_candidates is None
                  else args.max_candidates // len(variant.sources))
         ds, labels = subsample(ds, labels, share, args.seed)
         if variant.labels == "siblings":
             count += int(np.isfinite(labels).sum())
-            parts.append(sibling_arrays(ds, labels))
+            part = sibling_arrays(ds, labels)
+            part.pop("row"), part.pop("cand_index")
+            parts.append(part)
         else:
             targets, mask = rollout_labels(ds, variant.labels)
             count += int(mask.sum())
@@ -197,7 +223,6 @@ def training_data(args, variant):
                                        mask))
     data = merge_arrays(parts)
     if variant.labels == "siblings":
-        data.pop("row"), data.pop("cand_index")
         loss = sibling_loss(variant.pointwise, variant.ranking,
                             ranking_weight=variant.ranking_weight)
     else:
@@ -353,8 +378,12 @@ def main():
                         help="train on a seeded subset of about this many "
                              "labelled candidates (split over the sources)")
     parser.add_argument("--sources", nargs="+", default=None,
-                        choices=("train_policy", "train_gold"),
-                        help="override the variants' training stores")
+                        choices=("train_policy", "train_gold", "synthetic"),
+                        help="override the variants' training data")
+    parser.add_argument("--synthetic-problems", type=int, default=8192,
+                        help="problems of the 'synthetic' source")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="override the variants' peak learning rate")
     parser.add_argument("--epochs", type=float, default=None,
                         help="override the variants' epochs")
     parser.add_argument("--suffix", default="",
@@ -383,6 +412,8 @@ def main():
                                           sources=tuple(args.sources))
         if args.epochs:
             variant = dataclasses.replace(variant, epochs=args.epochs)
+        if args.lr:
+            variant = dataclasses.replace(variant, lr=args.lr)
         results[key] = train_variant(args, key, variant, policy, valid,
                                      test)
         print(key, json.dumps({s: results[key][s] for s in ("valid",

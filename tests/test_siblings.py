@@ -212,3 +212,38 @@ def test_sibling_loss_training_step_ranks_siblings(arith_rollouts):
         sibling_loss(None, None)
     with pytest.raises(ValueError):
         sibling_loss("hinge", None)
+
+
+def test_contrast_rows_hold_each_gold_step_and_its_flips(random_critic):
+    from qstar_jax.learning.siblings import contrast_sibling_arrays
+    task = ArithChain(ArithChainConfig(num_steps_min=3, num_steps_max=3))
+    tokenizer = ArithTokenizer(vocabulary_words())
+    problems = task.problems("train")[:3]
+    data = contrast_sibling_arrays(task, tokenizer, problems, width=128)
+    for i, p in enumerate(problems):
+        gold = list(p.solution_steps)
+        ids = tokenizer.encode(task.format_prompt(p), add_bos=True) + \
+            tokenizer.encode(task.format_solution(p), add_eos=True)
+        assert data["tokens"][i, :data["lengths"][i]].tolist() == ids
+        for t, step in enumerate(gold):
+            slots = np.nonzero((data["cand_group"][i] == t)
+                               & (data["mask"][i] > 0))[0]
+            texts = [tokenizer.decode(data["cand_tokens"][i, j, :data[
+                "cand_lengths"][i, j]].tolist()).strip() for j in slots]
+            assert texts[0] == step and data["targets"][i, slots[0]] == 1
+            assert texts[1:] == task.contrast_steps(p, t)
+            assert (data["targets"][i, slots[1:]] == 0).all()
+            # The state each follows is the prompt and gold steps < t.
+            prefix = data["tokens"][i, :data["cand_prefix"][i, slots[0]]]
+            text = tokenizer.decode(prefix.tolist())
+            assert text.endswith(task.format_prompt(p) + "".join(
+                s + "\n" for s in gold[:t]))
+    # The flips are the policy's error: the other operation, right sums.
+    flips = task.contrast_steps(problems[0], 0)
+    a, op, b, _, c = flips[0].split()
+    assert op != gold_op(problems[0], task) and int(c) == (
+        int(a) + int(b) if op == "+" else int(a) - int(b))
+
+
+def gold_op(problem, task):
+    return task.program(problem).ops[0]

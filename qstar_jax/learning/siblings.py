@@ -9,6 +9,9 @@ choice:
 * `candidate_labels`: each stored candidate a' of a state s_{t+1} labelled by
   a grader of the text [s_{t+1}; a'] (default: the stronger solver that
   trusts the written values, exact on ArithChain).
+* `contrast_sibling_arrays`: synthetic rows with no model call, the gold
+  states of a task's problems with each gold step and its wrong versions
+  (`task.contrast_steps`) as siblings (a supplement to the policy's own).
 * `sibling_arrays`: the trainer's data, one row per rollout, its labelled
   candidates packed into C slots with targets, a mask and the state each
   follows (`unpack_candidates` maps per-slot values back to [R, S, K]).
@@ -143,6 +146,72 @@ def sibling_arrays(ds: RolloutDataset,
     out["cand_log_probs"][i, j] = ds.cand_log_probs[r, t, kk]
     out["targets"][i, j] = labels[r, t, kk]
     out["mask"][i, j] = 1.0
+    return out
+
+
+def contrast_sibling_arrays(task, tokenizer, problems, *, width: int,
+                            label_fn: LabelFn = stronger_solver_reward
+                            ) -> dict[str, np.ndarray]:
+    """Synthetic sibling rows: gold states, each gold step with its wrong
+    versions (`task.contrast_steps`) as siblings, no model call.
+
+    Row i is problem i's gold solution (bos + prompt + solution + eos, as
+    the policy writes it); the state before gold step t (the prompt, then
+    after each step) holds the gold step t and its contrasts, each labelled
+    by `label_fn` on the text (so a contrast that happens to be right is
+    labelled right). Same keys as `sibling_arrays` (without 'row' and
+    'cand_index'); 'cand_log_probs' are 0 (no policy evidence).
+
+    Args:
+      task: a task with `contrast_steps` (ArithChain).
+      tokenizer: the policy's tokenizer.
+      problems: N problems.
+      width: L, token slots per row (a longer row raises ValueError).
+      label_fn: labels the candidate texts.
+    """
+    delim = task.step_delimiter
+    rows = []
+    for p in problems:
+        prompt = tokenizer.encode(task.format_prompt(p), add_bos=True)
+        steps = list(p.solution_steps)
+        tokens, cands = list(prompt), []
+        text = ""
+        for t, step in enumerate(steps):
+            for k, cand in enumerate([step] + task.contrast_steps(p, t)):
+                ids = tokenizer.encode(cand + (delim if t + 1 < len(steps)
+                                               else ""))
+                label = label_fn(task, p, text + cand)
+                cands.append((len(tokens), t, ids, label))
+            last = t + 1 == len(steps)
+            tokens += tokenizer.encode(step + ("" if last else delim),
+                                       add_eos=last)
+            text += step + delim
+        if len(tokens) > width:
+            raise ValueError(f"{p.uid}: {len(tokens)} tokens > width "
+                             f"{width}")
+        rows.append((tokens, cands))
+    c = max(len(cands) for _, cands in rows)
+    t_width = max(len(ids) for _, cands in rows for _, _, ids, _ in cands)
+    n = len(rows)
+    out = {"tokens": np.zeros((n, width), np.int32),
+           "lengths": np.zeros(n, np.int32),
+           "cand_tokens": np.zeros((n, c, t_width), np.int32),
+           "cand_lengths": np.zeros((n, c), np.int32),
+           "cand_prefix": np.ones((n, c), np.int32),
+           "cand_group": np.full((n, c), -1, np.int32),
+           "cand_log_probs": np.zeros((n, c), np.float32),
+           "targets": np.zeros((n, c), np.float32),
+           "mask": np.zeros((n, c), np.float32)}
+    for i, (tokens, cands) in enumerate(rows):
+        out["tokens"][i, :len(tokens)] = tokens
+        out["lengths"][i] = len(tokens)
+        for j, (prefix_len, t, ids, label) in enumerate(cands):
+            out["cand_tokens"][i, j, :len(ids)] = ids
+            out["cand_lengths"][i, j] = len(ids)
+            out["cand_prefix"][i, j] = prefix_len
+            out["cand_group"][i, j] = t
+            out["targets"][i, j] = label
+            out["mask"][i, j] = 1.0
     return out
 
 

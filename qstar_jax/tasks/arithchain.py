@@ -402,6 +402,33 @@ class ArithChain:
             value = new
         return out + [f"#### {value}"]
 
+    def contrast_steps(self, problem: Problem, index: int) -> list[str]:
+        """Wrong versions of gold step `index` (0-based), for contrastive
+        critic training: the operation flipped with the arithmetic done
+        right ('+' <-> '-', '*' -> '+'; the tiny policy's usual error when
+        it misreads who gives to whom) and the right operation with its
+        result off by one in a digit. Empty for the answer line.
+
+        Args:
+          problem: an ArithChain problem.
+          index: a gold step, 0 <= index < len(solution_steps).
+
+        Returns:
+          Step texts ('a op b = c'), none equal to the gold step.
+        """
+        program = self.program(problem)
+        if not 0 <= index < len(program.ops):
+            return []
+        a = program.values()[index]
+        op, b = program.ops[index], program.operands[index]
+        c = _apply(op, a, b)
+        flipped = {"+": "-", "-": "+", "*": "+"}[op]
+        off = c + (1 if c % 10 < 9 else -1)
+        out = [f"{a} {flipped} {b} = {_apply(flipped, a, b)}",
+               f"{a} {op} {b} = {off}"]
+        gold = f"{a} {op} {b} = {c}"
+        return [s for s in dict.fromkeys(out) if s != gold]
+
     def step_correctness(self, problem: Problem,
                          solution: str | Sequence[str]) -> list[bool]:
         """Per-step correctness of a written solution against the program.
