@@ -43,7 +43,8 @@ def test_parse_question_rejects_non_problems():
         "", "Mia has 5 apples.", good.replace("?", "."),
         good + " And more", good.replace(f"{person} ", "Leo ", 1)
         if person != "Leo" else good.replace("Leo ", "Mia ", 1),
-        good.replace(" 1", " 01", 1) if " 1" in good else good + "x",
+        (good.replace(" 1", " 01", 1) if " 1" in good
+         else good + "x"),
         "Mia has 5 apples. Mia eats 2 apples. How many apples does Mia "
         "have now?",
     ]
@@ -128,7 +129,8 @@ def test_allocate_and_combine(tmp_path):
     assert tuple(im.read_prompts(str(tmp_path))) == both.prompts
     assert im.read_answers(str(tmp_path)) == both.answers
     problem = im.as_problem(both.prompts[0])
-    assert problem.answer == "" and problem.question == both.prompts[0].question
+    assert problem.answer == ""
+    assert problem.question == both.prompts[0].question
     with pytest.raises(TypeError, match="as_problem"):
         im.as_problem(make_problem(REFERENCE, "train", 0))
 
