@@ -12,7 +12,8 @@ from qstar_jax.models.decoder import init_decoder
 from qstar_jax.sampling.decode import sequence_log_probs
 from qstar_jax.training import (TrainConfig, batch_indices, bce_loss,
                                 learning_rate_schedule, mse_loss,
-                                restore_params, sft_arrays, sft_loss, train)
+                                read_scalars, restore_params, sft_arrays,
+                                sft_loss, tensorboard_dir, train)
 
 CONFIG = tiny(vocab_size=32, hidden_size=32, num_layers=2, num_heads=2,
               num_kv_heads=1, head_dim=16, intermediate_size=64,
@@ -103,6 +104,14 @@ def test_loss_decreases(tmp_path):
                if "eval/score" not in line]
     assert [r["step"] for r in records] == [10, 20, 30, 40]
     assert {"loss", "lr", "grad_norm", "token_accuracy"} <= set(records[0])
+    # The same scalars, read back from the TensorBoard event files.
+    board = read_scalars(tensorboard_dir(str(log)))
+    assert board["eval/score"] == [(20, 1.5), (40, 1.5)]
+    for name in ("loss", "lr", "grad_norm", "token_accuracy"):
+        steps, values = zip(*board[f"train/{name}"])
+        assert steps == (10, 20, 30, 40)
+        np.testing.assert_allclose(values, [r[name] for r in records],
+                                   rtol=1e-6)   # float32 in the file.
 
 
 def test_resume_is_bit_identical(tmp_path):

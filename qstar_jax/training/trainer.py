@@ -15,7 +15,12 @@ parameters to an uninterrupted run.
 Checkpoints: an Orbax `CheckpointManager` under `checkpoint_dir` stores
 {'params', 'opt_state'} at every `checkpoint_every` steps and at the end; the
 checkpoint's step number is the number of updates applied. Metrics are
-averaged over `log_every` steps and appended to `log_path` as JSON lines.
+averaged over `log_every` steps and appended to `log_path` as JSON lines;
+beside it (`tensorboard_dir(log_path)`: `metrics.jsonl` ->
+`metrics_tensorboard/`) the same scalars go to TensorBoard event files
+(tensorboardX; `train/<name>` and `eval/<name>` tags at the step;
+`tensorboard=False` turns them off). View them with
+`tensorboard --logdir <run dir>`.
 
 Meshes: with `mesh=` every batch is split over the mesh's 'data' axis and
 the parameters and optimizer state take the `param_layout` of
@@ -43,6 +48,7 @@ from tqdm.auto import tqdm
 
 from qstar_jax.parallel import place_tree, shard_rows
 from qstar_jax.partitioning import param_specs
+from qstar_jax.training.tensorboard import ScalarLog
 
 LossFn = Callable[[nnx.Module, dict], tuple[jax.Array, dict]]
 
@@ -207,9 +213,22 @@ def restore_params(model: nnx.Module, checkpoint_dir: str, step: int,
     return model
 
 
+def tensorboard_dir(log_path: str) -> str:
+    """Where `train` writes the event files of a JSON-lines log:
+    the log's path without its extension, plus '_tensorboard'."""
+    return os.path.splitext(log_path)[0] + "_tensorboard"
+
+
+def _scalars(record: dict, prefix: str) -> dict[str, float]:
+    """A log record's scalars under TensorBoard tags (not the step)."""
+    return {(k if k.startswith("eval/") else f"{prefix}/{k}"): v
+            for k, v in record.items() if k != "step"}
+
+
 def train(model: nnx.Module, data: Mapping[str, np.ndarray], loss_fn: LossFn,
           config: TrainConfig, *, checkpoint_dir: str | None = None,
           resume: bool = False, log_path: str | None = None,
+          tensorboard: bool = True,
           progress: bool = True, stop_at: int | None = None,
           eval_fn: Callable[[nnx.Module], dict] | None = None,
           eval_every: int = 0,
@@ -226,6 +245,8 @@ def train(model: nnx.Module, data: Mapping[str, np.ndarray], loss_fn: LossFn,
       checkpoint_dir: where Orbax checkpoints go (None: no checkpoints).
       resume: start from the latest checkpoint in `checkpoint_dir` if any.
       log_path: JSON-lines metrics file (appended to).
+      tensorboard: with `log_path`, also write every logged record to
+        TensorBoard event files in `tensorboard_dir(log_path)`.
       progress: show a tqdm progress bar.
       stop_at: stop after this many total updates, as an interruption would
         (checkpoints are only the regular ones); None runs to the end.
@@ -292,6 +313,8 @@ def train(model: nnx.Module, data: Mapping[str, np.ndarray], loss_fn: LossFn,
                                                          config.total_steps)
     history, pending = [], []
     log_file = open(log_path, "a") if log_path else None
+    board = (ScalarLog(tensorboard_dir(log_path))
+             if log_path and tensorboard else None)
     bar = tqdm(total=config.total_steps, initial=start, disable=not progress,
                dynamic_ncols=True)
     t0 = last_time = time.perf_counter()
@@ -324,6 +347,8 @@ def train(model: nnx.Module, data: Mapping[str, np.ndarray], loss_fn: LossFn,
                 if log_file:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
+                if board is not None:
+                    board.write(_scalars(record, "train"), step)
             if eval_fn is not None and (
                     (eval_every and step % eval_every == 0) or step == end):
                 scores = eval_fn(nnx.merge(graphdef, params, rest))
@@ -333,6 +358,8 @@ def train(model: nnx.Module, data: Mapping[str, np.ndarray], loss_fn: LossFn,
                 if log_file:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
+                if board is not None:
+                    board.write(_scalars(record, "eval"), step)
             if manager is not None and (
                     (config.checkpoint_every
                      and step % config.checkpoint_every == 0)
@@ -342,6 +369,8 @@ def train(model: nnx.Module, data: Mapping[str, np.ndarray], loss_fn: LossFn,
         bar.close()
         if log_file:
             log_file.close()
+        if board is not None:
+            board.close()
         if manager is not None:
             manager.wait_until_finished()
             manager.close()
