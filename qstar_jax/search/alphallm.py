@@ -41,11 +41,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from qstar_jax.models.critic import Critic, last_token_scores
 from qstar_jax.models.decoder import Decoder
@@ -58,15 +57,13 @@ from qstar_jax.search.mcts import run_mcts
 from qstar_jax.search.mcts_interfaces import Evaluation, Options
 from qstar_jax.search.mcts_types import MCTSConfig, MCTSResult
 from qstar_jax.search.step_limits import check_truncated_steps, classify_steps
+from qstar_jax.search.tool_check import (StepCheck, calculator_step_check,
+                                         checked_steps)
 from qstar_jax.search.tree import (Tree, init_tree, node_values, repeat_rows,
                                    state_tokens)
 
 PRIORS = ("sum", "mean")
 
-StepCheck = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""tool_check(tokens [M, T] int32, lengths [M] int32) -> ok [M] bool (host).
-
-True where the step's claims check out (a step without claims is ok)."""
 
 
 class AlphaLLMModels(NamedTuple):
@@ -214,14 +211,7 @@ def _tool_ok(config: AlphaLLMConfig, tree: Tree,
     tokens = node_values(tree.step_tokens, nodes).reshape(
         -1, tree.max_step_tokens)
     lengths = node_values(tree.step_lengths, nodes).reshape(-1)
-
-    def host(tokens, lengths):
-        return np.asarray(config.tool_check(np.asarray(tokens),
-                                            np.asarray(lengths)), bool)
-
-    return jax.pure_callback(
-        host, jax.ShapeDtypeStruct(lengths.shape, jnp.bool_), tokens,
-        lengths, vmap_method="sequential")
+    return checked_steps(config.tool_check, tokens, lengths)
 
 
 def evaluate_nodes(models: AlphaLLMModels, stop: StopRule,
@@ -314,20 +304,3 @@ def mcts_search(models: AlphaLLMModels, prompt_tokens: jax.Array,
         return evaluate_nodes(models, stop, config, t, nodes, k)
 
     return run_mcts(propose, evaluate, tree, keys, config=config.search)
-
-
-def calculator_step_check(tokenizer) -> StepCheck:
-    """A `StepCheck` that decodes each step and runs the safe calculator's
-    claim check (`tasks.claims.check_step`) on its text.
-
-    Args:
-      tokenizer: anything with `decode(ids) -> str`.
-    """
-    from qstar_jax.tasks.claims import check_step
-
-    def check(tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        return np.asarray([
-            check_step(tokenizer.decode(row[:n].tolist())).ok
-            for row, n in zip(tokens, lengths)], bool)
-
-    return check

@@ -36,6 +36,7 @@ from qstar_jax.search.astar import AStarConfig, SearchResult, astar_search
 from qstar_jax.search.contracts import check_prompts
 from qstar_jax.search.interfaces import Expansion, Lookahead
 from qstar_jax.search.step_limits import check_truncated_steps, classify_steps
+from qstar_jax.search.tool_check import StepCheck, checked_steps
 from qstar_jax.search.tree import Tree, init_tree, state_tokens
 
 
@@ -67,15 +68,24 @@ class QStarConfig:
         becomes: 'drop' (not created), 'continue' (a non-terminal child)
         or 'finish' (a finished solution); counted in `stats.truncated`
         either way (`search.step_limits`).
+      tool_check: a host `StepCheck` on each proposed step (for example
+        `calculator_step_check(tokenizer)`: the safe calculator's check of
+        the step's written arithmetic), or None.
+      tool_weight: subtracted from a refuted step's PRM reward and Q value
+        (every Q of a lookahead too); 0 leaves the scores alone.
     """
 
     search: AStarConfig
     proposer: ProposerConfig
     state_width: int
     truncated_steps: str = "drop"
+    tool_check: StepCheck | None = None
+    tool_weight: float = 0.0
 
     def __post_init__(self):
         check_truncated_steps("QStarConfig", self.truncated_steps)
+        if self.tool_weight and self.tool_check is None:
+            raise ValueError("QStarConfig: tool_weight needs a tool_check")
         if self.state_width < 1:
             raise ValueError(f"QStarConfig.state_width must be >= 1, got "
                              f"{self.state_width}")
@@ -87,6 +97,16 @@ def _score(critic: Critic, tokens, lengths, proposals) -> jax.Array:
     return score_branches(critic, tokens, lengths, proposals.tokens,
                           proposals.lengths,
                           branch_log_probs=proposals.log_probs)
+
+
+def _tool_penalty(config: QStarConfig, proposals) -> jax.Array | float:
+    """[B, K] `tool_weight` where the tool refutes a proposed step, else 0
+    (a plain 0.0 without a tool)."""
+    if config.tool_check is None or not config.tool_weight:
+        return 0.0
+    ok = checked_steps(config.tool_check, proposals.tokens,
+                       proposals.lengths)
+    return config.tool_weight * (~ok).astype(jnp.float32)
 
 
 def expand_states(models: QStarModels, stop: StopRule, config: QStarConfig,
@@ -113,12 +133,13 @@ def expand_states(models: QStarModels, stop: StopRule, config: QStarConfig,
         truncated=proposals.truncated,
         state_lengths=lengths[:, None] + proposals.lengths,
         state_width=config.state_width, mode=config.truncated_steps)
+    penalty = _tool_penalty(config, proposals)
     return Expansion(
         step_tokens=proposals.tokens, step_lengths=proposals.lengths,
         log_probs=proposals.log_probs, valid=outcome.valid,
         terminal=outcome.terminal,
-        reward=_score(models.prm, tokens, lengths, proposals),
-        q_value=_score(models.qvm, tokens, lengths, proposals),
+        reward=_score(models.prm, tokens, lengths, proposals) - penalty,
+        q_value=_score(models.qvm, tokens, lengths, proposals) - penalty,
         generated_tokens=proposals.generated_tokens,
         truncated=outcome.truncated, overflow=outcome.overflow)
 
@@ -163,7 +184,7 @@ def lookahead_values(models: QStarModels, stop: StopRule,
     step_logp = jnp.pad(proposals.log_probs, ((0, 0), (0, 1)))
     scores = score_branches(models.qvm, state.tokens, state.lengths, steps,
                             step_len, branch_log_probs=step_logp)  # [B*K, K+1]
-    q, edge = scores[:, :-1], scores[:, -1]
+    q, edge = scores[:, :-1] - _tool_penalty(config, proposals), scores[:, -1]
     best = jnp.max(jnp.where(proposals.valid, q, -jnp.inf), axis=1)
     terminal = jnp.take_along_axis(tree.terminal, jnp.maximum(child, 0), 1)
     value = jnp.where(terminal.reshape(-1) | ~jnp.isfinite(best), edge, best)
