@@ -11,6 +11,7 @@ composition (see `qstar_jax.sampling.proposer`).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 
 from qstar_jax.models.attention import (PrefixCache, SuffixCache,
                                         causal_attend, forked_attend)
-from qstar_jax.models.decoder import Decoder
+from qstar_jax.models.decoder import Decoder, LayerKV
 from qstar_jax.sampling.logits import (SamplingConfig, row_uniforms,
                                        sample_tokens, token_log_probs)
 
@@ -98,6 +99,7 @@ class _LoopState(NamedTuple):
     ended_delim: jax.Array  # [B, M]
     final: jax.Array       # [B, M]
     suffix: SuffixCache
+    pending: tuple          # per layer LayerKV [B*M, 1, KV, hd] of slot step-1
     decode_steps: jax.Array  # []
 
 
@@ -125,7 +127,9 @@ def sample_continuations(model: Decoder, prefix: PrefixCache,
                          next_logits: jax.Array, keys: jax.Array, *,
                          num_samples: int, max_tokens: int, stop: StopRule,
                          sampling: SamplingConfig,
-                         pad_id: int = 0) -> Continuations:
+                         pad_id: int = 0, attend_fn=None,
+                         start_positions: jax.Array | None = None
+                         ) -> Continuations:
     """Forks M continuations per state and decodes them to a stop token.
 
     Args:
@@ -139,10 +143,19 @@ def sample_continuations(model: Decoder, prefix: PrefixCache,
       stop: which tokens end a continuation.
       sampling: how tokens are drawn.
       pad_id: filler after each continuation's end.
+      attend_fn: attend_fn(suffix, step) -> the `AttendFn` of a decode
+        step (default `forked_attend(prefix, suffix, step)`); a tree state
+        passes `tree_attention.tree_decode_attend` over prompt + path.
+      start_positions: [B] int32 position of each state's first new token
+        (default `prefix.lengths`).
 
     Returns:
       The `Continuations`.
     """
+    if attend_fn is None:
+        attend_fn = functools.partial(forked_attend, prefix)
+    if start_positions is None:
+        start_positions = prefix.lengths
     b, vocab = next_logits.shape
     m, t = num_samples, max_tokens
     zeros_bm = jnp.zeros((b, m), bool)
@@ -152,7 +165,13 @@ def sample_continuations(model: Decoder, prefix: PrefixCache,
         lengths=jnp.zeros((b, m), jnp.int32),
         log_probs=jnp.zeros((b, m), jnp.float32), done=zeros_bm,
         ended_end=zeros_bm, ended_delim=zeros_bm, final=zeros_bm,
-        suffix=SuffixCache.zeros(prefix, m, t), decode_steps=jnp.int32(0))
+        suffix=SuffixCache.zeros(prefix, m, t),
+        pending=tuple(LayerKV(k=jnp.zeros((b * m, 1) + kp.shape[1:2]
+                                          + kp.shape[3:], kp.dtype),
+                              v=jnp.zeros((b * m, 1) + kp.shape[1:2]
+                                          + kp.shape[3:], kp.dtype))
+                      for kp in prefix.k),
+        decode_steps=jnp.int32(0))
     logits = jnp.broadcast_to(next_logits[:, None, :], (b, m, vocab))
     first = sample_tokens(logits, row_uniforms(keys, m, jnp.int32(0)),
                           sampling)
@@ -162,11 +181,15 @@ def sample_continuations(model: Decoder, prefix: PrefixCache,
         return (s.step + 1 < t) & ~jnp.all(s.done)
 
     def body(s: _LoopState):
-        positions = jnp.broadcast_to(prefix.lengths[:, None] + s.step,
+        # The previous token's keys/values are stored before the cache is
+        # read (at step 0 a zero placeholder goes to the masked slot 0):
+        # written after the read, XLA copies the whole cache every step.
+        suffix = s.suffix.write(s.pending, jnp.maximum(s.step - 1, 0))
+        positions = jnp.broadcast_to(start_positions[:, None] + s.step,
                                      (b, m)).reshape(b * m, 1)
         hidden, kvs = model(s.token.reshape(b * m, 1), positions,
-                            forked_attend(prefix, s.suffix, s.step))
-        s = s._replace(suffix=s.suffix.write(kvs, s.step),
+                            attend_fn(suffix, s.step))
+        s = s._replace(suffix=suffix, pending=tuple(kvs),
                        decode_steps=s.decode_steps + 1)
         logits = model.logits(hidden[:, 0]).reshape(b, m, vocab)
         step = s.step + 1
