@@ -275,9 +275,9 @@ def recycle(tree: Tree, need: jax.Array, *, max_victims: int,
       tree: the trees.
       need: [B] int32 slots wanted per row.
       max_victims: static bound on the nodes freed per row (<= N).
-      reset_fields: also reset the freed slots' other fields (False: only
-        the status, the parent's edge and num_free change, for callers that
-        refill every freed slot at once).
+      reset_fields: also reset the freed slots' tree fields (False: only
+        A*'s fields (status, g, h, f), the parent's edge and num_free
+        change, for callers that refill every freed slot at once).
 
     Returns:
       The tree with the victims FREE, and freed [B] int32.
@@ -311,7 +311,10 @@ def _free_victims(tree: Tree, deficit: jax.Array, max_victims: int,
     children = tree.children_index.at[
         rows, parent, node_values(tree.action_from_parent, target)].set(
             Tree.NO_CHILD, mode="drop")
-    a_names = list(_ASTAR_FREE) if reset_fields else ["status"]
+    # A*'s own fields are always reset (cheap scatters): every array the
+    # cond's branch rewrites is updated in place, one it only reads would
+    # be copied every iteration.
+    a_names = list(_ASTAR_FREE)
     nodes = _refresh_slots(nodes.replace(
         num_free=nodes.num_free + freed,
         **{name: put_values(getattr(nodes, name), target, _ASTAR_FREE[name])
