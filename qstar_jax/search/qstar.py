@@ -73,6 +73,13 @@ class QStarConfig:
         the step's written arithmetic), or None.
       tool_weight: subtracted from a refuted step's PRM reward and Q value
         (every Q of a lookahead too); 0 leaves the scores alone.
+      kv_cache: False re-encodes each expanded node's whole state for the
+        policy and each critic (any heuristic); True runs
+        `qstar_cached.qstar_cached_search`: per-node key/value pools (the
+        prompt encoded once, each node's step once), so an expansion's
+        cost does not grow with depth; 'edge' heuristic only, the same
+        pops and results, pools of `kv_pool.pool_bytes_per_node` bytes per
+        node and model, checked against a budget.
     """
 
     search: AStarConfig
@@ -81,9 +88,14 @@ class QStarConfig:
     truncated_steps: str = "drop"
     tool_check: StepCheck | None = None
     tool_weight: float = 0.0
+    kv_cache: bool = False
 
     def __post_init__(self):
         check_truncated_steps("QStarConfig", self.truncated_steps)
+        if self.kv_cache and self.search.heuristic != "edge":
+            raise ValueError(
+                "QStarConfig: kv_cache=True supports heuristic='edge' only, "
+                f"got {self.search.heuristic!r} (use kv_cache=False)")
         if self.tool_weight and self.tool_check is None:
             raise ValueError("QStarConfig: tool_weight needs a tool_check")
         if self.state_width < 1:
@@ -212,7 +224,13 @@ def qstar_search(models: QStarModels, prompt_tokens: jax.Array,
     Raises:
       ValueError: prompts wider than `config.state_width`, or prompt
         lengths or keys that do not give one entry per problem.
+      kv_pool.PoolTooLargeError: `config.kv_cache` and the pools exceed
+        `qstar_cached.DEFAULT_POOL_BUDGET`.
     """
+    if config.kv_cache:
+        from qstar_jax.search.qstar_cached import qstar_cached_search
+        return qstar_cached_search(models, prompt_tokens, prompt_lengths,
+                                   keys, stop, config=config)
     check_prompts("qstar_search", prompt_tokens, prompt_lengths, keys,
                   config.state_width)
     tree = init_tree(prompt_tokens, prompt_lengths,
