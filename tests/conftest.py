@@ -4,6 +4,7 @@ The SmolLM2 wheel is part of the test environment (setup.sh installs it);
 without it the fixture fails with the install command rather than skipping.
 """
 
+import gc
 import os
 
 import jax
@@ -11,6 +12,18 @@ import pytest
 from flax import nnx
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+# The suite compiles hundreds of programs in one process: it writes none to
+# a persistent compilation cache (an environment may enable one), and each
+# test module's compiled programs are freed when the module ends.
+jax.config.update("jax_enable_compilation_cache", False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
