@@ -51,6 +51,7 @@ from qstar_jax.tasks.tiny_policy import (load_tiny_fast_policy,  # noqa
                                          load_tiny_policy)
 from qstar_jax.training.trainer import TrainConfig  # noqa: E402
 
+CRITIC_ROLES = ("prm", "value", "orm", "qvm")
 PAD = 0  # The tiny tokenizer's pad id (checked in main).
 
 MCTS = MCTSSolveConfig(answer="best_outcome", mcts=AlphaLLMConfig(
@@ -76,10 +77,11 @@ class SelfImproveExperiment:
       policy_prompts: attempts per round at policy-written prompts (0: none).
       searcher: 'mcts' or 'qstar'.
       control: also run the no-search control.
-      control_samples: policy samples per prompt in the control (the best
-        by the filter critic is kept; 1: plain samples).
-      prm, value, orm, qvm: shipped critic names ('' : none).
-      critic_dir: where the critics are (default: the package assets).
+      control_samples: policy samples per prompt in the control (more
+        than 1: the best by the first critic given; 1: plain samples).
+      prm, value, orm, qvm: critic names ('' : none), eta-MCTS's terms.
+      critic_dir: where the critics are ('': the shipped ones, the
+        package assets).
       zero_critics: use untrained critics (zero heads) instead: a smoke
         run of the wiring, not an experiment.
       filter: the filter.
@@ -103,27 +105,27 @@ class SelfImproveExperiment:
     searcher: str = "mcts"
     control: bool = True
     control_samples: int = 1
-    prm: str = "prm"
-    value: str = "value"
+    prm: str = "listwise_bce_p1ep"
+    value: str = ""
     orm: str = ""
     qvm: str = ""
-    critic_dir: str = ""
+    critic_dir: str = "runs/siblings/critics"
     zero_critics: bool = False
-    filter: FilterConfig = FilterConfig(critic="prm", aggregation="min",
-                                        threshold=0.5, width=224)
+    filter: FilterConfig = FilterConfig(critic="policy", threshold=-1e9,
+                                        top_share=0.5, width=224)
     mcts: MCTSSolveConfig = MCTS
     qstar: QStarConfig = QStarConfig(
         search=AStarConfig(num_nodes=96, max_expansions=24),
         proposer=ProposerConfig(num_steps=3, num_samples=4,
                                 max_step_tokens=16),
         state_width=160)
-    sft: TrainConfig = TrainConfig(learning_rate=3e-4, warmup_steps=10,
-                                   total_steps=120, batch_size=32,
-                                   weight_decay=0.05, checkpoint_every=40,
-                                   log_every=20)
+    sft: TrainConfig = TrainConfig(learning_rate=3e-4, warmup_steps=6,
+                                   total_steps=60, batch_size=32,
+                                   weight_decay=0.05, checkpoint_every=20,
+                                   log_every=10)
     original_share: float = 0.5
     eval_greedy: int = 1000
-    eval_mcts: int = 128
+    eval_mcts: int = 64
     search_batch: int = 16
     seed: int = 0
 
@@ -156,8 +158,7 @@ def imagine_fn(exp: SelfImproveExperiment, task: ArithChain, tokenizer):
 def load_models(exp: SelfImproveExperiment):
     policy, tokenizer, task_config = load_tiny_policy()
     fast, _, _ = load_tiny_fast_policy()
-    names = {role: getattr(exp, role) for role in ("prm", "value", "orm",
-                                                   "qvm")}
+    names = {role: getattr(exp, role) for role in CRITIC_ROLES}
     names = {role: n for role, n in names.items() if n}
     if exp.zero_critics:
         critics = {role: build_critic(CriticSpec(role=role), policy)
@@ -194,8 +195,9 @@ def main() -> None:
                             config=BestOfNConfig(
                                 num_samples=exp.control_samples,
                                 max_tokens=96, prompt_width=96,
-                                critic=exp.filter.critic,
-                                aggregation=exp.filter.aggregation,
+                                critic=next(
+                                    role for role in CRITIC_ROLES
+                                    if getattr(models, role) is not None),
                                 sampling=SamplingConfig(temperature=0.8)))
     loop = si.LoopConfig(rounds=exp.rounds, filter=exp.filter, sft=exp.sft,
                          original_share=exp.original_share, max_len=192,

@@ -212,3 +212,37 @@ def test_scores_match_a_direct_critic_pass(setup):
     kept = filter_trajectories(scored, threshold=float(want) - 1e-3)
     assert [t.uid for t in kept] == ["u"]
     assert not filter_trajectories(scored, threshold=float(want) + 1e-3)
+
+
+def test_policy_scores_and_top_share(setup):
+    """'policy': the mean log-probability of the solution tokens, against
+    a direct forward pass; top_share keeps the best scored."""
+    from qstar_jax.sampling.decode import forward_logits
+    task, models, _, _ = setup
+    tok = models.tokenizer
+    problems = task.problems("train")[2:5]
+    trajs = [Trajectory(uid=p.uid, question=p.question,
+                        text="\n".join(p.solution_steps), finished=True,
+                        answer=p.answer) for p in problems]
+    config = FilterConfig(critic="policy", width=192, batch_size=2)
+    scored = score_trajectories(task, trajs, models=models, config=config)
+    for p, t in zip(problems, scored):
+        prompt = tok.encode(p.question + "\n", add_bos=True)
+        ids = prompt + tok.encode(t.text)
+        logits = np.asarray(forward_logits(
+            models.policy, np.asarray([ids], np.int32),
+            np.asarray([len(ids)], np.int32)))[0].astype(np.float64)
+        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True))
+                               .sum(-1, keepdims=True)) - logits.max(
+                                   -1, keepdims=True)
+        want = np.mean([logp[i - 1, ids[i]]
+                        for i in range(len(prompt), len(ids))])
+        assert t.score == pytest.approx(want, abs=1e-4)
+    order = sorted(range(3), key=lambda i: -scored[i].score)
+    kept = filter_trajectories(scored, threshold=-1e9, top_share=0.5)
+    assert [t.uid for t in kept] == [scored[i].uid for i in sorted(
+        order[:2])]
+    assert filter_trajectories(scored, threshold=-1e9, top_share=0.3) == [
+        scored[order[0]]]
+    with pytest.raises(ValueError, match="top_share"):
+        FilterConfig(top_share=0.0)

@@ -284,7 +284,8 @@ def run_self_improvement(task, models: SolverModels, *, imagine: Imagine,
                                      prompts, r, round_dir, progress)
         bar.update(1)
         kept = filter_trajectories(trajectories,
-                                   threshold=config.filter.threshold)
+                                   threshold=config.filter.threshold,
+                                   top_share=config.filter.top_share)
         write_trajectories(os.path.join(round_dir, "kept.jsonl"), kept)
         record.update(_analysis(task, trajectories, kept, round_dir,
                                 held_out))

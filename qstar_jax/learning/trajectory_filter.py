@@ -23,6 +23,7 @@ the kept list after the filter has decided.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import jax
@@ -31,11 +32,13 @@ import numpy as np
 
 from qstar_jax.learning.imagination import Prompt, as_problem
 from qstar_jax.models.critic import Critic
+from qstar_jax.models.decoder import Decoder
+from qstar_jax.sampling.decode import forward_logits
 from qstar_jax.sampling.states import pad_batch, task_stop_rule
 from qstar_jax.search.baselines import aggregate
 from qstar_jax.solver import SolverModels, solve
 
-CRITIC_KINDS = ("prm", "orm", "value", "qvm")
+CRITIC_KINDS = ("prm", "orm", "value", "qvm", "policy")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -68,10 +71,13 @@ class FilterConfig:
 
     Attributes:
       critic: the `SolverModels` field that scores ('prm', 'orm', 'value'
-        or 'qvm').
+        or 'qvm'), or 'policy': the policy's own mean log-probability per
+        solution token (a policy-only signal; no critic needed).
       aggregation: a PRM's step scores to one number ('min', 'max', 'sum',
         'last'); other critics read the last token.
       threshold: the lowest score kept.
+      top_share: then at most this share of the eligible trajectories,
+        the best scored (1.0: all that pass the threshold).
       width: tokens of prompt plus solution the critic reads (a longer
         trajectory is not kept).
       batch_size: rows per jitted scoring call.
@@ -80,6 +86,7 @@ class FilterConfig:
     critic: str = "prm"
     aggregation: str = "min"
     threshold: float = 0.5
+    top_share: float = 1.0
     width: int = 224
     batch_size: int = 64
 
@@ -91,6 +98,9 @@ class FilterConfig:
             raise ValueError(f"FilterConfig.aggregation="
                              f"{self.aggregation!r}; use min, max, sum or "
                              "last")
+        if not 0.0 < self.top_share <= 1.0:
+            raise ValueError(f"FilterConfig.top_share={self.top_share} must "
+                             "be in (0, 1]")
 
 
 class UngradedTask:
@@ -150,6 +160,15 @@ def _token_scores(critic: Critic, tokens, lengths):
     return critic(tokens, lengths)
 
 
+@jax.jit
+def _token_log_probs(policy: Decoder, tokens, lengths):
+    """[N, L]: entry i is log p(token i | tokens < i) (0 at i = 0)."""
+    logits = forward_logits(policy, tokens, lengths)[:, :-1]
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    return jnp.pad(picked, ((0, 0), (1, 0)))
+
+
 def score_trajectories(task, trajectories: Sequence[Trajectory], *,
                        models: SolverModels, config: FilterConfig
                        ) -> list[Trajectory]:
@@ -159,13 +178,15 @@ def score_trajectories(task, trajectories: Sequence[Trajectory], *,
     solution text in one causal pass ([batch_size, width] rows). A PRM's
     score aggregates its scores at the step ends (the delimiter or end
     tokens of the solution, and its last token); the other critics' is the
-    score at the last token. A trajectory with no solution tokens, or one
+    score at the last token; 'policy' is the mean log-probability of the
+    solution's tokens under `models.policy`. A trajectory with no solution tokens, or one
     longer than `config.width`, gets score None.
 
     Returns:
       New `Trajectory`s (same order) with `score` set.
     """
-    critic = getattr(models, config.critic)
+    critic = (models.policy if config.critic == "policy"
+              else getattr(models, config.critic))
     if critic is None:
         raise ValueError(f"score_trajectories: models.{config.critic} is "
                          "None; the filter needs its critic")
@@ -194,10 +215,16 @@ def score_trajectories(task, trajectories: Sequence[Trajectory], *,
                                                        start + len(chunk))])
         last = np.asarray([spans[i][1] for i in range(start,
                                                       start + len(chunk))])
-        per_token = _token_scores(critic, jnp.asarray(pad_batch(tokens, b)),
-                                  jnp.asarray(pad_batch(lengths, b)))
-        per_token = per_token[:len(chunk)]
-        if config.critic == "prm":
+        run = (_token_log_probs if config.critic == "policy"
+               else _token_scores)
+        per_token = run(critic, jnp.asarray(pad_batch(tokens, b)),
+                        jnp.asarray(pad_batch(lengths, b)))[:len(chunk)]
+        if config.critic == "policy":
+            pos = np.arange(config.width)[None]
+            mask = (pos >= first[:, None]) & (pos < last[:, None])
+            values = (jnp.sum(jnp.where(mask, per_token, 0.0), axis=1)
+                      / np.maximum(last - first, 1))
+        elif config.critic == "prm":
             pos = np.arange(config.width)[None]
             mask = ((pos >= first[:, None]) & (pos < last[:, None])
                     & (delimiter[tokens] | (pos == last[:, None] - 1)))
@@ -216,9 +243,12 @@ def score_trajectories(task, trajectories: Sequence[Trajectory], *,
 
 
 def filter_trajectories(trajectories: Sequence[Trajectory], *,
-                        threshold: float) -> list[Trajectory]:
+                        threshold: float,
+                        top_share: float = 1.0) -> list[Trajectory]:
     """The trajectories to train on: finished, with an answer, scored at
-    or above `threshold` (no answer key is read or accepted)."""
+    or above `threshold`; of those the best `ceil(top_share * eligible)`
+    by score (ties to the earlier), in input order. No answer key is read
+    or accepted."""
     kept = []
     for t in trajectories:
         if not isinstance(t, Trajectory):
@@ -227,7 +257,10 @@ def filter_trajectories(trajectories: Sequence[Trajectory], *,
         if (t.finished and t.answer is not None and t.score is not None
                 and np.isfinite(t.score) and t.score >= threshold):
             kept.append(t)
-    return kept
+    count = math.ceil(top_share * len(kept) - 1e-9)
+    best = sorted(range(len(kept)), key=lambda i: (-kept[i].score, i))
+    chosen = set(best[:count])
+    return [t for i, t in enumerate(kept) if i in chosen]
 
 
 def filter_precision(kept: Sequence[Trajectory],
