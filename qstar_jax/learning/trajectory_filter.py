@@ -179,8 +179,8 @@ def score_trajectories(task, trajectories: Sequence[Trajectory], *,
     score aggregates its scores at the step ends (the delimiter or end
     tokens of the solution, and its last token); the other critics' is the
     score at the last token; 'policy' is the mean log-probability of the
-    solution's tokens under `models.policy`. A trajectory with no solution tokens, or one
-    longer than `config.width`, gets score None.
+    solution's tokens under `models.policy`. A trajectory with no solution
+    tokens, or one longer than `config.width`, gets score None.
 
     Returns:
       New `Trajectory`s (same order) with `score` set.
