@@ -247,3 +247,29 @@ def test_contrast_rows_hold_each_gold_step_and_its_flips(random_critic):
 
 def gold_op(problem, task):
     return task.program(problem).ops[0]
+
+
+def test_tool_checks_refute_wrong_written_arithmetic(arith_rollouts):
+    import dataclasses
+
+    from qstar_jax.learning.siblings import candidate_tool_checks
+    _, tokenizer, _, ds = arith_rollouts
+    cand_tokens, cand_lengths = ds.cand_tokens.copy(), ds.cand_lengths.copy()
+    cand_valid = ds.cand_valid.copy()
+    for k, text in enumerate(["3 + 4 = 8", "3 + 4 = 7", "5 * 6 = 30"]):
+        ids = tokenizer.encode(text)
+        cand_tokens[0, 0, k] = 0
+        cand_tokens[0, 0, k, :len(ids)] = ids
+        cand_lengths[0, 0, k] = len(ids)
+        cand_valid[0, 0, k] = True
+    ds = dataclasses.replace(ds, cand_tokens=cand_tokens,
+                             cand_lengths=cand_lengths, cand_valid=cand_valid)
+    refuted = candidate_tool_checks(tokenizer, ds)
+    assert refuted[0, 0].tolist() == [True, False, False]
+    assert not refuted[~ds.cand_valid].any()
+    # A custom check sees each valid candidate's decoded text.
+    seen = []
+    odd = candidate_tool_checks(tokenizer, ds, check=lambda text: (
+        seen.append(text) or "8" not in text))
+    assert len(seen) == int(ds.cand_valid.sum())
+    assert odd[0, 0].tolist() == [True, False, False]

@@ -12,6 +12,8 @@ choice:
 * `contrast_sibling_arrays`: synthetic rows with no model call, the gold
   states of a task's problems with each gold step and its wrong versions
   (`task.contrast_steps`) as siblings (a supplement to the policy's own).
+* `candidate_tool_checks`: the candidates a tool refutes from their text
+  (the safe calculator by default), a search-time signal to add to scores.
 * `sibling_arrays`: the trainer's data, one row per rollout, its labelled
   candidates packed into C slots with targets, a mask and the state each
   follows (`unpack_candidates` maps per-slot values back to [R, S, K]).
@@ -83,6 +85,36 @@ def candidate_labels(task, tokenizer, ds: RolloutDataset, *,
         labels[r, t, k] = label_fn(task, problems[int(ds.problem_index[r])],
                                    text)
     return labels
+
+
+def candidate_tool_checks(tokenizer, ds: RolloutDataset,
+                          check: Callable[[str], bool] | None = None
+                          ) -> np.ndarray:
+    """Which valid candidate steps a tool refutes, from their text alone.
+
+    The search-time signal of a tool (no gold answer, no solver): the
+    default check is the safe calculator's claim check of the step's
+    written arithmetic (`tasks.claims.check_step(text).ok`).
+
+    Args:
+      tokenizer: the dataset's tokenizer.
+      ds: rollouts with candidates.
+      check: text -> True when the step passes.
+
+    Returns:
+      [R, S, K] bool, True where a valid candidate fails the check.
+    """
+    if check is None:
+        from qstar_jax.tasks.claims import check_step
+
+        def check(text: str) -> bool:
+            return check_step(text).ok
+    refuted = np.zeros(ds.cand_valid.shape, bool)
+    for r, t, k in zip(*np.nonzero(ds.cand_valid)):
+        step = ds.cand_tokens[r, t, k, :ds.cand_lengths[r, t, k]]
+        refuted[r, t, k] = not check(tokenizer.decode(
+            [int(i) for i in step]))
+    return refuted
 
 
 def sibling_arrays(ds: RolloutDataset,
