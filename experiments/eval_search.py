@@ -37,12 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from qstar_jax.learning.critic_runs import load_run_critic
 from qstar_jax.sampling.logits import SamplingConfig
 from qstar_jax.sampling.proposer import ProposerConfig
 from qstar_jax.search.astar import AStarConfig
 from qstar_jax.search.baselines import (majority_vote, sample_solutions,
                                         solution_scores)
 from qstar_jax.search.qstar import QStarConfig, QStarModels, qstar_search
+from qstar_jax.search.tool_check import calculator_step_check
 from qstar_jax.search.tree import trajectory_steps
 from qstar_jax.tasks.arithchain import ArithChain
 from qstar_jax.tasks.tiny_critics import load_critic
@@ -61,7 +63,6 @@ def load_critics(args, policy) -> dict:
             name, _, path = item.partition("=")
             out[name] = load_critic(path)
         return out
-    from train_critics import load_critic as load_run_critic
     return {name: load_run_critic(policy, args.run_dir, name)
             for name in ("prm",) + tuple(args.qvms)}
 
@@ -145,7 +146,10 @@ def qstar_row(policy, prm, qvm, tokenizer, task, problems, tokens, lengths,
                                 max_step_tokens=12,
                                 sampling=SamplingConfig(
                                     temperature=args.temperature)),
-        state_width=160)
+        state_width=160,
+        tool_check=(calculator_step_check(tokenizer) if args.tool_weight
+                    else None),
+        tool_weight=args.tool_weight)
     models = QStarModels(policy=policy, prm=prm, qvm=qvm)
     search = jax.jit(qstar_search, static_argnames="config")
     keys = _keys(args.seed, 2, len(problems))
@@ -261,6 +265,10 @@ def main():
     parser.add_argument("--max-expansions", type=int, nargs="+",
                         default=[20],
                         help="Q* expansion budgets (one row each)")
+    parser.add_argument("--tool-weight", type=float, default=0.0,
+                        help="Q*: subtract this from the PRM and QVM "
+                             "scores of a step the safe calculator refutes "
+                             "(0: no tool)")
     parser.add_argument("--tag", default="",
                         help="appended to the Q* row names (to keep rows "
                              "of runs with other settings apart)")
@@ -312,7 +320,8 @@ def main():
                 policy, critics[prm], critics[qvm], tokenizer, task,
                 problems, tokens, lengths, stop, args, lam, budget),
                 "lambda": lam, "temperature": args.temperature, "k": args.k,
-                "m": args.m, "max_expansions": budget}
+                "m": args.m, "max_expansions": budget,
+                "tool_weight": args.tool_weight}
             print(row, rows[row], flush=True)
     result = {"problems": args.problems, "args": vars(args), "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

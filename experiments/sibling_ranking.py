@@ -26,10 +26,11 @@ import numpy as np
 
 from qstar_jax.learning import (candidate_labels, collect_rollouts,
                                 next_q_values, pairwise_accuracy)
+from qstar_jax.learning.critic_runs import (RUN_CRITICS,
+                                            critic_rollout_config,
+                                            load_run_critic)
 from qstar_jax.tasks.arithchain import ArithChain
 from qstar_jax.tasks.tiny_policy import load_tiny_policy
-
-from train_critics import CRITICS, load_critic, rollout_config
 
 
 def main():
@@ -48,14 +49,16 @@ def main():
     task = ArithChain(task_config)
     ds = collect_rollouts(policy, tokenizer, task,
                           np.arange(args.problems) + args.offset,
-                          rollout_config(args),
+                          critic_rollout_config(rollouts=args.rollouts,
+                                                candidates=args.candidates,
+                                                seed=args.seed),
                           split="test", out_dir=os.path.join(
                               args.run_dir, "rollouts_siblings"))
     labels = candidate_labels(task, tokenizer, ds).astype(np.float64)
     scores = {"policy log-probability": ds.cand_log_probs}
-    for name in CRITICS:
+    for name in RUN_CRITICS:
         scores[name] = next_q_values(
-            load_critic(policy, args.run_dir, name), ds.tokens, ds.lengths,
+            load_run_critic(policy, args.run_dir, name), ds.tokens, ds.lengths,
             ds.step_ends, ds.cand_tokens, ds.cand_lengths, progress=False)
     rows = {}
     for name, score in scores.items():

@@ -40,7 +40,6 @@ import json
 import os
 
 import numpy as np
-from flax import nnx
 
 from qstar_jax.learning import (FqiConfig, RolloutConfig, best_of_pool,
                                 binary_metrics, collect_rollouts,
@@ -49,50 +48,22 @@ from qstar_jax.learning import (FqiConfig, RolloutConfig, best_of_pool,
                                 monte_carlo_prm_labels,
                                 step_scores, stronger_solver_returns,
                                 transition_arrays)
-from qstar_jax.models.critic import Critic
+from qstar_jax.learning.critic_runs import (RUN_CRITICS,
+                                            critic_rollout_config,
+                                            policy_critic, run_critic_path)
 from qstar_jax.sampling.logits import SamplingConfig
 from qstar_jax.tasks.arithchain import ArithChain
 from qstar_jax.tasks.tiny_policy import (load_params_into, load_tiny_policy,
                                          save_params)
 from qstar_jax.training.trainer import TrainConfig, restore_params, train
 
-CRITICS = ("prm", "qvm_pool", "qvm_stronger", "qvm_fqi")
-
-
-def new_critic(policy) -> Critic:
-    """A critic whose backbone starts as a copy of the policy's decoder."""
-    return Critic(backbone=nnx.clone(policy), rngs=nnx.Rngs(0))
-
-
-def critic_path(run_dir: str, name: str) -> str:
-    return os.path.join(run_dir, name, "params.safetensors")
-
-
-def load_critic(policy, run_dir: str, name: str) -> Critic:
-    """A trained critic of this experiment (the PRM with sigmoid output)."""
-    critic = load_params_into(new_critic(policy), critic_path(run_dir, name))
-    if name == "prm":
-        critic.output = "sigmoid"
-    return critic
-
-
-def rollout_config(args) -> RolloutConfig:
-    """The experiment's rollouts: args.rollouts per problem at temperature
-    0.9, with args.candidates top-K candidate steps from twice as many
-    samples after every step, keyed by args.seed."""
-    return RolloutConfig(
-        num_rollouts=args.rollouts, sampling=SamplingConfig(temperature=0.9),
-        max_tokens=96, prompt_width=96, max_steps=8,
-        num_candidates=args.candidates, candidate_samples=2 * args.candidates,
-        max_step_tokens=12, batch_size=16, state_batch_size=128,
-        seed=args.seed)
-
-
 def stage_rollouts(args, policy, tokenizer, task):
     """Training rollouts (no candidates), the FQI rollouts (the first
     --fqi-problems training problems, with the policy's top-K candidates
     after every step) and the held-out test rollouts."""
-    config = rollout_config(args)
+    config = critic_rollout_config(rollouts=args.rollouts,
+                                   candidates=args.candidates,
+                                   seed=args.seed)
     plain = RolloutConfig(**{**vars(config), "num_candidates": 0})
 
     def collect(config, indices, split, name):
@@ -183,8 +154,8 @@ def best_step(log_path: str) -> tuple[int, float]:
 
 
 def stage_train(args, name, policy, ds, lab, eval_ds, fqi_ds):
-    path = critic_path(args.run_dir, name)
-    critic = new_critic(policy)
+    path = run_critic_path(args.run_dir, name)
+    critic = policy_critic(policy)
     if os.path.exists(path):
         return load_params_into(critic, path)
     ckpt = os.path.join(args.run_dir, name, "checkpoints")
@@ -267,7 +238,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", nargs="*", default=list(CRITICS))
+    parser.add_argument("--only", nargs="*", default=list(RUN_CRITICS))
     args = parser.parse_args()
     if args.fqi_problems > args.train_problems:
         parser.error("--fqi-problems must be <= --train-problems")
