@@ -17,18 +17,21 @@ the 'lookahead' heuristic (K model-side evaluations per child, so the
 Python reference pays K times more per expansion), and an early-stopping
 search (problems finish after 6 trajectories, at different times, so a
 batch idles on its finished rows: see row_utilization), and the fixed-budget
-search with 4x the budget and slots (a JAX iteration scans all N slots, a
-heap pop costs log N: the ratio falls as N grows). Every JAX result is
-checked against the reference (same pop order and trajectories).
+search swept over N = 512, 1024, 2048, 4096 slots (the budget fills every
+slot; a heap pop costs log N, and the JAX engine's selection cache reads
+about sqrt(N) block bounds and scans one block instead of all N slots).
+Every JAX result is checked against the reference (same pop order,
+trajectories and status).
 
 Part (b), end to end with the language model (`bench_search_lm.py`): Q*
 with the tiny ArithChain policy and two policy-sized critics, problems
-searched per second by the batched jitted search at B = 64 against the same
-search run one problem at a time by a host Python loop that calls the same
-jitted models per node; the agreement of the two on every problem (each
-disagreement located and classified); and the compute floor of one
-expansion on this machine (FLOPs / peak matmul rate), which bounds the
-speedup any batching can give here.
+searched per second by the batched jitted search at B = 64, re-encoding
+every state or from per-node key/value pools (`qstar_cached_search`),
+against the same searches run one problem at a time by a host Python loop
+(re-encoding, or from the same pool); the agreement of all of them on
+every problem; seconds and tokens per expansion at depths 1, 4 and 8; and
+the compute floor of one expansion on this machine (FLOPs / peak matmul
+rate).
 
 Usage:
   python experiments/bench_search.py --out experiments/results/bench_search.json
@@ -171,9 +174,12 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parts", choices=("a", "b", "ab"), default="ab",
                         help="which parts to run")
-    parser.add_argument("--lm-problems", type=int, default=128,
+    parser.add_argument("--lm-problems", type=int, default=64,
                         help="part (b): ArithChain test problems (a "
                              "multiple of 64; 0 skips part (b))")
+    parser.add_argument("--sizes", default="512,1024,2048,4096",
+                        help="part (a): slot counts N of the fixed-budget "
+                             "sweep (budget (N - 1) // branching)")
     parser.add_argument("--lm-host-problems", type=int, default=None,
                         help="part (b): problems the host loop also "
                              "searches (default all)")
@@ -201,14 +207,16 @@ def main():
         "fixed_budget_lookahead": (budget_env, base(num_trajectories=1,
                                                     heuristic="lookahead")),
         "early_stop_edge": (early_env, base(num_trajectories=6)),
-        # 4x the budget, so about 4x the slots: each JAX iteration scans
-        # all N slots, while a heap pop costs log N.
-        "fixed_budget_edge_4x": (
-            dataclasses.replace(budget_env,
-                                max_depth=4 * args.max_expansions + 1),
-            base(max_expansions=4 * args.max_expansions,
-                 num_trajectories=1)),
     }
+    # Every slot used: the budget fills N = 512 ... 4096 slots exactly, so
+    # the engine's cost per iteration at large N shows (a heap pop costs
+    # log N; the selection cache scans about sqrt(N) bounds and one block).
+    for n in map(int, args.sizes.split(",")):
+        budget = (n - 1) // args.branching
+        settings[f"fixed_budget_edge_n{n}"] = (
+            dataclasses.replace(budget_env, max_depth=budget + 1),
+            AStarConfig(num_nodes=n, max_expansions=budget, lam=1.0,
+                        aggregation="min", num_trajectories=1))
     part_a = {"what": "node expansions per second, synthetic model; "
                       "compile excluded", "settings": {}}
     for name, (env, config) in settings.items():
@@ -235,13 +243,15 @@ def main():
                            host_problems=args.lm_host_problems,
                            repeats=min(args.repeats, 2), seed=args.seed)
         results["lm_end_to_end"] = lm
-        print(f"Q* end to end: batched {lm['batched']['problems_per_s']:.2f}"
-              f" problems/s, host loop "
-              f"{lm['host_loop']['problems_per_s']:.2f} problems/s "
-              f"({lm['speedup_problems_per_s']:.2f}x); agreement "
-              f"{lm['agreement']['rate']:.3f}; bound at peak "
-              f"{lm['roofline']['max_speedup_at_peak_full_rows']:.1f}x",
-              flush=True)
+        rates, speed = lm["problems_per_s"], lm["speedups"]
+        print("Q* end to end (problems/s): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in rates.items()) + "; cached batched "
+              f"{speed['cached_batched_vs_reencoding_batched']:.2f}x the "
+              f"re-encoding batched, "
+              f"{speed['cached_batched_vs_cached_host']:.2f}x the cached "
+              f"host loop; agreement " + ", ".join(
+                  f"{k} {v['rate']:.3f}" for k, v in
+                  lm["agreement"].items()), flush=True)
 
     load = os.getloadavg()
     results["machine"]["load_average_end"] = list(load)
