@@ -32,7 +32,8 @@ import numpy as np
 from qstar_jax.learning import (binary_metrics, critic_arrays, critic_loss,
                                 final_outcome_labels, load_rollouts,
                                 outcome_value_labels, step_scores)
-from qstar_jax.learning.siblings import (contrast_sibling_arrays,
+from qstar_jax.learning.siblings import (candidate_tool_checks,
+                                         contrast_sibling_arrays,
                                          pairwise_accuracy, score_siblings,
                                          sibling_arrays, sibling_loss,
                                          unpack_candidates)
@@ -171,11 +172,13 @@ def rollout_labels(ds, kind: str):
 
 def rollout_metrics(critic, ds, kind: str) -> dict:
     """AlphaLLM Table 8 metrics of a value function or an ORM against the
-    rollouts' graded outcomes (probabilities: the scores are logits)."""
+    rollouts' graded outcomes (probabilities: the sigmoid of the scores
+    unless the critic outputs probabilities already)."""
     targets, mask = rollout_labels(ds, kind)
     scores = step_scores(critic, ds.tokens, ds.lengths, ds.step_ends,
                          progress=False)
-    m = binary_metrics(scores[mask], targets[mask], scores_are_logits=True)
+    m = binary_metrics(scores[mask], targets[mask],
+                       scores_are_logits=critic.output != "sigmoid")
     return {k: m[k] for k in ("accuracy", "auc", "ece", "precision",
                               "recall")}
 
@@ -239,8 +242,8 @@ def train_variant(args, name, variant, policy, valid, test) -> dict:
     data, loss, count = training_data(args, variant)
     critic = build_critic(variant.spec, policy, seed=args.seed)
     epoch = max(1, len(data["tokens"]) // args.batch_size)
-    every = max(1, epoch // 2)
     steps = max(1, round(variant.epochs * epoch))
+    every = max(1, min(epoch, steps) // 2)    # At least two evaluations.
     config = TrainConfig(learning_rate=variant.lr,
                          warmup_steps=min(50, steps // 5), total_steps=steps,
                          batch_size=args.batch_size, weight_decay=0.0,
@@ -365,6 +368,36 @@ def ship(args, pairs: list[str], test) -> None:
         print(f"shipped {variant} as {out}", flush=True)
 
 
+TOOL_PENALTY = 1e3
+"""Subtracted from the score of a candidate the calculator refutes: every
+refuted step ranks below every passing one, the score orders the rest."""
+
+
+def ranking_report(args, names: list[str], splits: dict) -> dict:
+    """Pairwise accuracy on each split of the policy's log-probability, the
+    calculator, and each trained critic, alone and with the calculator."""
+    _, tokenizer, _ = load_tiny_policy()
+    out = {}
+    critics = {n: load_critic(os.path.join(args.run_dir, "critics", n))
+               for n in names}
+    for split, (data, ds, labels) in splits.items():
+        tool = -TOOL_PENALTY * candidate_tool_checks(tokenizer, ds)
+        logp = np.where(ds.cand_valid, ds.cand_log_probs, 0.0)
+        rows = {"policy log-probability": logp, "calculator": tool,
+                "policy log-probability + calculator": logp + tool}
+        for name, critic in critics.items():
+            packed = score_siblings(critic, data, batch_size=64)
+            scores = unpack_candidates(data, packed, ds.cand_valid.shape)
+            rows[name] = scores
+            rows[f"{name} + calculator"] = scores + tool
+        out[split] = {}
+        for row, scores in rows.items():
+            acc, pairs = pairwise_accuracy(scores, labels)
+            out[split][row] = {"pairwise_accuracy": acc, "pairs": pairs}
+            print(split, row, round(acc, 4), pairs, flush=True)
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", required=True)
@@ -388,6 +421,11 @@ def main():
                         help="override the variants' epochs")
     parser.add_argument("--suffix", default="",
                         help="appended to each variant's directory name")
+    parser.add_argument("--report", nargs="*", default=None,
+                        metavar="VARIANT",
+                        help="write the ranking report of these trained "
+                             "variants (with the log-probability and the "
+                             "calculator) to --out and stop")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
@@ -395,6 +433,16 @@ def main():
     policy, _, _ = load_tiny_policy()
     valid, test = (eval_store(args.run_dir, n) for n in ("valid", "test"))
     out_path = args.out or os.path.join(args.run_dir, "sibling_results.json")
+    if args.report is not None:
+        report = ranking_report(args, args.report,
+                                {"valid": valid, "test": test})
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)),
+                    exist_ok=True)
+        with open(out_path, "w") as f:
+            json.dump({"command": "python experiments/train_sibling_critics"
+                       ".py " + " ".join(sys.argv[1:]), **report}, f,
+                      indent=1)
+        return
     results = {}
     if os.path.exists(out_path):
         with open(out_path) as f:
