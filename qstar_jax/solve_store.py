@@ -7,7 +7,7 @@ on it and writes them (atomically) before going on. The store of one call
 is the directory `store_root/<label>-<digest>`, where the digest is the
 SHA-256 of everything the records depend on (`store_key`): the method, its
 config, the seed, the batch size, the problems (uid, question, answer) and
-the models' parameters (`model_digest`). So
+the models' parameters (`model_digest`), and of the chunk size. So
 
 * a second call with the same arguments rereads every chunk (a cache);
 * a call killed after some chunks resumes at the first missing one;
@@ -74,8 +74,8 @@ def problems_digest(problems: Sequence[Problem]) -> str:
 
 
 def store_key(*, method: str, config, seed: int, batch_size: int,
-              problems: Sequence[Problem], models: SolverModels,
-              extra: dict | None = None) -> dict:
+              chunk_size: int, problems: Sequence[Problem],
+              models: SolverModels, extra: dict | None = None) -> dict:
     """The key material of a store: what the records depend on.
 
     Args:
@@ -83,6 +83,7 @@ def store_key(*, method: str, config, seed: int, batch_size: int,
       config: its config (a dataclass; `config_to_dict`).
       seed: the int seed given to `solve`.
       batch_size: rows per jitted call.
+      chunk_size: problems per stored chunk (the files' layout).
       problems: the problems, in order.
       models: the models (each digested with `model_digest`; the
         tokenizer by its `token_texts()`).
@@ -95,7 +96,7 @@ def store_key(*, method: str, config, seed: int, batch_size: int,
         list(models.tokenizer.token_texts())).encode()).hexdigest()
     models_part["add_bos"] = models.add_bos
     return {"method": method, "config": config_to_dict(config),
-            "seed": seed, "batch_size": batch_size,
+            "seed": seed, "batch_size": batch_size, "chunk_size": chunk_size,
             "problems": {"n": len(problems),
                          "digest": problems_digest(problems)},
             "models": models_part, "extra": extra or {}}
@@ -173,8 +174,8 @@ def solve_stored(task, problems: Sequence[Problem], store_root: str, *,
                          f"of {tuple(METHODS)}")
     config = METHODS[method].default_config() if config is None else config
     key = store_key(method=method, config=config, seed=seed,
-                    batch_size=batch_size, problems=problems, models=models,
-                    extra=key_extra)
+                    batch_size=batch_size, chunk_size=chunk_size,
+                    problems=problems, models=models, extra=key_extra)
     directory = store_dir(store_root, label or method, key)
     os.makedirs(directory, exist_ok=True)
     key_path = os.path.join(directory, KEY_FILE)
