@@ -10,11 +10,22 @@ directory:
 * `config.json`: the spec, the backbone's decoder config, and whatever the
   trainer records (data, losses, command);
 * `training_log.json` (shipped critics): the curve, the selected step and
-  held-out metrics, with a recorded sample that `tests/test_tiny_critics.py`
-  re-evaluates.
+  held-out metrics, with a recorded sample that
+  `tests/test_shipped_critics.py` re-evaluates.
 
 The shipped critics are in `qstar_jax/assets/tiny_critics/<name>/`;
-`load_tiny_critics()` returns them by name with no training.
+`load_tiny_critics()` returns them by name with no training:
+
+* 'qvm': Q(s, a) of a candidate step, an evidence critic (it also reads the
+  step's policy log-probability; `score_branches(branch_log_probs=...)`),
+  trained with BCE + a listwise ranking loss over sibling steps (Q*'s g
+  and h);
+* 'value': V(s), the probability that a rollout from s ends right (eta-MCTS);
+* 'orm': the probability that a finished solution is right (eta-MCTS's
+  fast-rollout ORM, best-of-N reranking).
+
+How they were trained and what they measure: README, "Sibling-trained
+critics".
 
 Example:
   >>> critics = load_tiny_critics()
