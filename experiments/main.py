@@ -157,12 +157,25 @@ def load_setup(config: MainConfig) -> Setup:
     return setup
 
 
+def _absent_critic(critic: str, evidence: bool) -> str:
+    if evidence:
+        return (f"its critic, the {critic.upper()}, reads the policy's step "
+                f"log-probabilities, which whole-sequence scoring does not "
+                f"give")
+    return f"needs its critic, {critic.upper()} (none shipped)"
+
+
 def plan_rows(config: MainConfig, models: SolverModels
               ) -> tuple[list[Row], dict[str, str]]:
     """(rows to run, row id -> why it is absent) for config.methods."""
     s = scaled(config.settings, config.budget)
     has = {name: getattr(models, name) is not None
            for name in ("prm", "qvm", "value", "orm")}
+    # Best-of-N and beam read critics on whole token sequences; a critic
+    # that also reads the policy's step log-probabilities (evidence) scores
+    # only proposed branches (Q*'s children).
+    evidence = {name: has[name] and getattr(models, name).evidence
+                is not None for name in has}
     rows, absent = [], {}
     n = s.best_of_n.num_samples
     for row in config.methods:
@@ -170,9 +183,8 @@ def plan_rows(config: MainConfig, models: SolverModels
             rows.append(Row(row, "greedy", "greedy", s.greedy))
         elif row.startswith("best_of_n_"):
             critic = row[len("best_of_n_"):]
-            if not has[critic]:
-                absent[row] = (f"needs its critic, {critic.upper()} "
-                               f"(none shipped)")
+            if not has[critic] or evidence[critic]:
+                absent[row] = _absent_critic(critic, evidence[critic])
                 continue
             rows.append(Row(row, f"best-of-{n} ({critic.upper()})",
                             "best_of_n", dataclasses.replace(
@@ -182,9 +194,9 @@ def plan_rows(config: MainConfig, models: SolverModels
             rows.append(Row(row, f"majority vote ({votes})",
                             "majority_vote", s.majority_vote))
         elif row == "beam":
-            if not has[s.beam.score]:
-                absent[row] = (f"needs its critic, "
-                               f"{s.beam.score.upper()} (none shipped)")
+            if not has[s.beam.score] or evidence[s.beam.score]:
+                absent[row] = _absent_critic(s.beam.score,
+                                             evidence[s.beam.score])
                 continue
             rows.append(Row(row, f"beam (width {s.beam.width}, "
                             f"{s.beam.score.upper()})", "beam", s.beam))

@@ -7,7 +7,8 @@ on it and writes them (atomically) before going on. The store of one call
 is the directory `store_root/<label>-<digest>`, where the digest is the
 SHA-256 of everything the records depend on (`store_key`): the method, its
 config, the seed, the batch size, the problems (uid, question, answer) and
-the models' parameters (`model_digest`), and of the chunk size. So
+the parameters of the models it reads (`models_read`, `model_digest`), and
+of the chunk size. So
 
 * a second call with the same arguments rereads every chunk (a cache);
 * a call killed after some chunks resumes at the first missing one;
@@ -73,6 +74,25 @@ def problems_digest(problems: Sequence[Problem]) -> str:
     return digest.hexdigest()
 
 
+def models_read(method: str, config) -> tuple[str, ...]:
+    """The `SolverModels` fields whose weights a method's records depend
+    on (a model it never reads does not change its key): the policy, and
+    best-of-N's reranker, beam's scoring critic, Q*'s PRM and QVM, or
+    eta-MCTS's fast policy, value, PRM and ORM; every model for a method
+    not named here."""
+    if method in ("greedy", "majority_vote"):
+        return ("policy",)
+    if method == "best_of_n":
+        return ("policy", config.critic)
+    if method == "beam":
+        return ("policy", config.score)
+    if method == "qstar":
+        return ("policy", "prm", "qvm")
+    if method == "mcts":
+        return ("policy", "fast_policy", "value", "prm", "orm")
+    return ("policy", "fast_policy", "prm", "qvm", "value", "orm")
+
+
 def store_key(*, method: str, config, seed: int, batch_size: int,
               chunk_size: int, problems: Sequence[Problem],
               models: SolverModels, extra: dict | None = None) -> dict:
@@ -85,13 +105,12 @@ def store_key(*, method: str, config, seed: int, batch_size: int,
       batch_size: rows per jitted call.
       chunk_size: problems per stored chunk (the files' layout).
       problems: the problems, in order.
-      models: the models (each digested with `model_digest`; the
-        tokenizer by its `token_texts()`).
+      models: the models (those of `models_read` digested with
+        `model_digest`; the tokenizer by its `token_texts()`).
       extra: anything else the caller's records depend on (JSON-able).
     """
-    models_part = {f.name: model_digest(getattr(models, f.name))
-                   for f in dataclasses.fields(models)
-                   if f.name not in ("tokenizer", "add_bos")}
+    models_part = {name: model_digest(getattr(models, name))
+                   for name in models_read(method, config)}
     models_part["tokenizer"] = hashlib.sha256(json.dumps(
         list(models.tokenizer.token_texts())).encode()).hexdigest()
     models_part["add_bos"] = models.add_bos

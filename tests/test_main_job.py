@@ -206,3 +206,41 @@ def test_gsm8k_run_resumes_after_a_kill(tmp_path):
     stored = json.load(open(os.path.join(
         resumed_dir, "results.json")))["extra"]["problems"]
     assert stored == [p.uid for p in setup.problems]
+
+
+def test_rows_need_their_critics(arithchain_setup):
+    """A row runs only with its critics; an evidence critic (it reads the
+    policy's step log-probabilities) scores Q*'s branches, not whole
+    sequences, so best-of-N and beam with it are absent."""
+    from flax import nnx
+
+    from qstar_jax.models.critic import Critic
+    models = arithchain_setup.models
+    evidence_qvm = Critic(tiny(vocab_size=models.tokenizer.vocab_size,
+                               num_layers=1), evidence=True,
+                          rngs=nnx.Rngs(0))
+    config = rep(default_config("arithchain"), methods=(
+        "greedy", "best_of_n_qvm", "best_of_n_orm", "beam", "qstar",
+        "mcts"))
+    rows, absent = main_job.plan_rows(
+        config, rep(models, qvm=evidence_qvm))
+    assert [r.row for r in rows] == ["greedy", "beam", "qstar", "mcts"]
+    assert set(absent) == {"best_of_n_qvm", "best_of_n_orm"}
+    assert "log-probabilities" in absent["best_of_n_qvm"]
+    rows, absent = main_job.plan_rows(config, SolverModels(
+        policy=models.policy, tokenizer=models.tokenizer))
+    assert [r.row for r in rows] == ["greedy"]
+    assert set(absent) == set(config.methods) - {"greedy"}
+    # A store's key covers the weights a method reads, and only those.
+    from qstar_jax.solve_store import store_key
+    swapped = rep(models, prm=evidence_qvm)
+
+    def key(method, config, models):
+        return store_key(method=method, config=config, seed=0, batch_size=4,
+                         chunk_size=4, problems=arithchain_setup.problems,
+                         models=models)
+
+    greedy = config.settings.greedy
+    assert key("greedy", greedy, models) == key("greedy", greedy, swapped)
+    bon = rep(config.settings.best_of_n, critic="prm")
+    assert key("best_of_n", bon, models) != key("best_of_n", bon, swapped)

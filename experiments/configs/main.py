@@ -114,8 +114,9 @@ def _arithchain_settings() -> MethodSettings:
     the critic) keeps 2 beams of K=3 of M=6 steps; eta-MCTS widens the
     root to 2-4 children and deeper nodes to 1-2 (by the importance of
     their children's values), so 32 simulations reach the 7 levels of a
-    6-step solution, and state merge drops a candidate equal to a
-    sibling."""
+    6-step solution, state merge drops a candidate equal to a sibling, and
+    one fast rollout per node feeds the ORM (2 rollouts took 510 s of the
+    job's 590 s on the loaded CPU)."""
     sampled = SamplingConfig(temperature=0.9)
     cold = SamplingConfig(temperature=0.3)
     proposer = ProposerConfig(num_steps=4, num_samples=8, max_step_tokens=12,
@@ -139,7 +140,7 @@ def _arithchain_settings() -> MethodSettings:
                               merge_threshold=1),
             num_candidates=2, max_step_tokens=12,
             sampling=SamplingConfig(temperature=0.8), state_width=160,
-            num_rollouts=2, rollout_tokens=96)))
+            num_rollouts=1, rollout_tokens=96)))
 
 
 def _gsm8k_settings() -> MethodSettings:
