@@ -167,6 +167,7 @@ def main():
                         help="generate fewer tokens with HF (default: same)")
     args = parser.parse_args()
 
+    load_start = list(os.getloadavg())
     sampling = GREEDY if args.sampling == "greedy" else SamplingConfig()
     new_tokens = args.cache - args.prompt_tokens
     gflops = matmul_gflops([(64, 576, 1536), (64, 1536, 576),
@@ -198,6 +199,7 @@ def main():
             if "tokens_per_s" in hf:
                 row["speedup_vs_hf_end_to_end"] = (
                     row["end_to_end_tokens_per_s"] / hf["tokens_per_s"])
+        row["load_average"] = list(os.getloadavg())
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {
@@ -206,7 +208,9 @@ def main():
         "machine": {"platform": platform.platform(),
                     "cpu_count": os.cpu_count(),
                     "jax": jax.__version__,
-                    "devices": [str(d) for d in jax.devices()]},
+                    "devices": [str(d) for d in jax.devices()],
+                    "load_average_start": load_start,
+                    "load_average_end": list(os.getloadavg())},
         "matmul_gflops": gflops, "peak_matmul_gflops": peak,
         "memory_read_gbps": gbps,
         "forward_flops_per_token_mean": mean_flops,
