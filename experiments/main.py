@@ -89,6 +89,9 @@ def _shipped_critics() -> tuple[dict, dict]:
             by_role[spec.role] = name
     critics = tiny_critics.load_tiny_critics(tuple(by_role.values())) \
         if by_role else {}
+    if "qvm" in by_role and "prm" not in by_role:
+        # The shipped step critic scores Q*'s g as well as its h.
+        by_role["prm"] = by_role["qvm"]
     return ({role: critics[name] for role, name in by_role.items()},
             by_role)
 
@@ -205,7 +208,9 @@ def plan_rows(config: MainConfig, models: SolverModels
                 absent[row] = "needs a PRM and a QVM"
                 continue
             budget = s.qstar.search.max_expansions
-            rows.append(Row(row, f"Q* (PRM + QVM, {budget} expansions)",
+            critics = ("QVM for g and h" if models.prm is models.qvm
+                       else "PRM + QVM")
+            rows.append(Row(row, f"Q* ({critics}, {budget} expansions)",
                             "qstar", s.qstar))
         elif row == "mcts":
             if not (has["value"] or has["prm"] or has["orm"]):
@@ -213,8 +218,14 @@ def plan_rows(config: MainConfig, models: SolverModels
                                "score)")
                 continue
             sims = s.mcts.mcts.search.num_simulations
+            mcts = s.mcts
+            if evidence["prm"]:
+                # eta-MCTS reads its PRM at a state's last token, which an
+                # evidence critic cannot score: no PRM term.
+                mcts = dataclasses.replace(mcts, mcts=dataclasses.replace(
+                    mcts.mcts, prm_weight=0.0))
             rows.append(Row(row, f"eta-MCTS ({sims} simulations)", "mcts",
-                            s.mcts))
+                            mcts))
     return rows, absent
 
 
