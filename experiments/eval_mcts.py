@@ -152,18 +152,23 @@ def main():
                           orm=critics["orm"], prm=prm, add_bos=True)
     task = ArithChain(task_config)
     problems = task.problems(cfg.split)[cfg.offset:cfg.offset + cfg.problems]
+    saved_config = {**config_to_dict(cfg), "prm": args.prm}
+
+    def save(methods):
+        return write_results(args.out, name="eval_mcts", config=saved_config,
+                             methods=methods, machine=machine,
+                             wall_time_s=round(time.time() - t0, 1))
+
     methods = {}
     if os.path.exists(args.out):
         # Rows of an earlier run whose settings match are kept: the row
         # lists (samples, simulations, ablation) may differ, the rest not.
         with open(args.out) as f:
             earlier = json.load(f)
-        if _row_settings(earlier["config"]) == _row_settings(
-                {**config_to_dict(cfg), "prm": args.prm}):
+        if _row_settings(earlier["config"]) == _row_settings(saved_config):
             methods = earlier["methods"]
-    wanted = rows(cfg, tokenizer, prm is not None)
-    content = None
-    for name, (method, config) in wanted.items():
+    for name, (method, config) in rows(cfg, tokenizer,
+                                       prm is not None).items():
         if name in methods:
             continue
         report = solve(task, problems, method=method, models=models,
@@ -173,17 +178,8 @@ def main():
         print(name, json.dumps({k: report.summary[k] for k in (
             "accuracy", "accuracy_ci95", "tokens_per_problem",
             "model_calls_per_problem", "seconds")}), flush=True)
-        content = write_results(
-            args.out, name="eval_mcts",
-            config={**config_to_dict(cfg), "prm": args.prm},
-            methods=methods, machine=machine,
-            wall_time_s=round(time.time() - t0, 1))
-    if content is None:          # Every row was stored already.
-        content = write_results(
-            args.out, name="eval_mcts",
-            config={**config_to_dict(cfg), "prm": args.prm},
-            methods=methods, machine=machine,
-            wall_time_s=round(time.time() - t0, 1))
+        save(methods)                 # A killed run keeps its rows.
+    content = save(methods)
     print(markdown_table(content))
     if args.plot:
         plot_accuracy(content, args.plot)
