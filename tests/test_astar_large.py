@@ -1,6 +1,7 @@
-"""A* at large N: the selection cache (per-block bounds of the best OPEN f)
-gives the answer of a full scan, and whole searches with up to 4096 slots
-pop exactly what the heapq reference pops."""
+"""A* at large N: the selection cache (per-block best and worst OPEN f)
+gives the answers of a full scan (the next pop, recycle's victims), and
+whole searches with up to 4096 slots, recycling or not, pop exactly what
+the heapq reference pops."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 
 from qstar_jax.search.astar import AStarConfig, astar_search
-from qstar_jax.search.astar_tree import (CLOSED, OPEN, add_children,
-                                         best_open_node, init_astar_tree,
-                                         recycle, refresh_selection,
-                                         selection_block, set_scores)
+from qstar_jax.search.astar_tree import (CLOSED, FREE, OPEN,
+                                         _cached_victims, _ranked_victims,
+                                         add_children, best_open_node,
+                                         init_astar_tree, recycle,
+                                         refresh_selection, selection_block,
+                                         set_scores)
 from qstar_jax.search.interfaces import Expansion
 from qstar_jax.search.reference_astar import reference_astar
 from qstar_jax.search.synthetic import SyntheticEnv
@@ -42,8 +45,10 @@ def _full_scan(tree):
 
 @pytest.mark.parametrize("n", [37, 600])
 def test_cached_selection_equals_full_scan_under_every_update(n):
-    """Random pops, insertions, rescoring, recycling and closes by hand:
-    after each, the cached answer is the full scan's (ties included)."""
+    """Random pops, insertions, rescoring, recycling and closes by hand
+    (each followed by `refresh_selection`, as documented): after each, the
+    cached answer is the full scan's (ties included), and the block values
+    equal a full recomputation."""
     rng = np.random.default_rng(n)
     b, k = 6, 5
     tree = init_astar_tree(jnp.ones((b, 1), jnp.int32),
@@ -55,6 +60,11 @@ def test_cached_selection_equals_full_scan_under_every_update(n):
         want, has_open = _full_scan(tree)
         got = np.asarray(node)
         assert (got[has_open] == want[has_open]).all(), i
+        exact = refresh_selection(tree.extra)
+        np.testing.assert_array_equal(tree.extra.block_best,
+                                      exact.block_best)
+        np.testing.assert_array_equal(tree.extra.block_worst,
+                                      exact.block_worst)
         nodes = tree.extra
         # The pop, as astar_search does it (status only, by hand).
         tree = tree.replace(extra=nodes.replace(status=nodes.status.at[
@@ -69,12 +79,14 @@ def test_cached_selection_equals_full_scan_under_every_update(n):
             tree, _ = recycle(tree, jnp.asarray(rng.integers(0, 4, b)),
                               max_victims=4)
         if i % 11 == 0:
-            # Close an OPEN node by hand: the cache is only an upper bound
-            # now, and the answer must still be exact.
-            victim = _full_scan(tree)[0]
-            tree = tree.replace(extra=tree.extra.replace(
+            # Close an OPEN node by hand, then refresh its block, as the
+            # contract asks of code that changes status or f by hand.
+            victim = jnp.asarray(_full_scan(tree)[0])
+            nodes = tree.extra.replace(
                 status=tree.extra.status.at[jnp.arange(b), victim].set(
-                    CLOSED)))
+                    CLOSED))
+            tree = tree.replace(extra=refresh_selection(
+                nodes, victim[:, None] // selection_block(n)))
 
 
 def test_refresh_selection_after_raising_f_by_hand():
@@ -90,9 +102,37 @@ def test_refresh_selection_after_raising_f_by_hand():
     assert best_open_node(tree).tolist() == [77, 3]
 
 
-@pytest.mark.parametrize("num_nodes", [1024, 4096])
-def test_search_at_large_n_equals_heapq_reference(num_nodes):
-    expansions = (num_nodes - 1) // 6
+def test_cached_victims_equal_ranking_all_slots():
+    """recycle's victims read from the lowest-minimum blocks are those of a
+    ranking of all N slots, with many tied f and a partial last block."""
+    rng = np.random.default_rng(5)
+    b, n, v = 16, 600, 6
+    tree = init_astar_tree(jnp.ones((b, 1), jnp.int32),
+                           jnp.ones(b, jnp.int32), num_nodes=n,
+                           max_step_tokens=1, max_children=1)
+    status = rng.choice([FREE, OPEN, CLOSED], (b, n), p=[0.1, 0.3, 0.6])
+    f = rng.integers(-4, 4, (b, n)).astype(np.float32) / 2
+    nodes = refresh_selection(tree.extra.replace(
+        status=jnp.asarray(status, jnp.int32), f=jnp.asarray(f)))
+    deficit = jnp.asarray(rng.integers(0, v + 1, b), jnp.int32)
+    got, blocks, best, worst = _cached_victims(nodes, deficit, v)
+    np.testing.assert_array_equal(got, _ranked_victims(nodes, deficit, v))
+    # The candidate blocks' values once the victims are freed.
+    freed = status.copy()
+    for row, slots in enumerate(np.asarray(got)):
+        freed[row, slots[slots < n]] = FREE
+    exact = refresh_selection(nodes.replace(status=jnp.asarray(freed)))
+    rows = np.arange(b)[:, None]
+    np.testing.assert_array_equal(
+        best, np.asarray(exact.block_best)[rows, np.asarray(blocks)])
+    np.testing.assert_array_equal(
+        worst, np.asarray(exact.block_worst)[rows, np.asarray(blocks)])
+
+
+@pytest.mark.parametrize("num_nodes,expansions", [(1024, 170), (4096, 682),
+                                                  (1024, 400)])
+def test_search_at_large_n_equals_heapq_reference(num_nodes, expansions):
+    """Every slot filled, or (1024 slots, 400 expansions) recycled often."""
     env = SyntheticEnv(seed=3, branching=6, max_depth=expansions + 1,
                        terminal_prob=0.0, invalid_prob=0.1)
     config = AStarConfig(num_nodes=num_nodes, max_expansions=expansions,
@@ -108,3 +148,6 @@ def test_search_at_large_n_equals_heapq_reference(num_nodes):
         assert np.asarray(result.pop_order[b, :pops]).tolist() == \
             ref.pop_order
         assert int(result.stats.status[b]) == ref.status
+        assert int(result.stats.recycled[b]) == ref.recycled
+    if expansions * 6 > num_nodes:
+        assert (np.asarray(result.stats.recycled) > 0).all()

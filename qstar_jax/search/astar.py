@@ -265,6 +265,8 @@ def _expand(s: _LoopState, node: jax.Array, expanding: jax.Array,
     g, r_bad = aggregate_reward(
         config.aggregation, node_values(tree.extra.g, node),
         node == Tree.ROOT, expansion.reward.astype(jnp.float32))
+    # Orders the read of the parent's g before the in-place writes below.
+    tree, g, r_bad = jax.lax.optimization_barrier((tree, g, r_bad))
     valid = expansion.valid.astype(bool) & expanding[:, None]
     num_valid = jnp.sum(valid, axis=1, dtype=jnp.int32)
     full = num_valid > tree.extra.num_free
@@ -340,6 +342,12 @@ def _iteration(s: _LoopState, keys: jax.Array, expand_fn: ExpandFn,
     expanding = live & ~terminal & budget_left
     popped = pop_terminal | expanding
 
+    popped_f = node_values(nodes.f, node)
+    # The barrier orders every read of the node arrays above before the
+    # in-place writes below; without it XLA copies f every iteration.
+    tree, popped_f = jax.lax.optimization_barrier((tree, popped_f))
+    nodes = tree.extra
+    # add_children below rescans the popped node's block.
     tree = tree.replace(extra=nodes.replace(status=nodes.status.at[
         rows, jnp.where(popped, node, n)].set(CLOSED, mode="drop")))
     pop_slot = jnp.where(popped, s.num_pops, config.max_pops)
@@ -353,7 +361,7 @@ def _iteration(s: _LoopState, keys: jax.Array, expand_fn: ExpandFn,
         trajectories=s.trajectories.at[rows, found_slot].set(
             node, mode="drop"),
         trajectory_f=s.trajectory_f.at[rows, found_slot].set(
-            node_values(nodes.f, node), mode="drop"),
+            popped_f, mode="drop"),
         num_found=num_found)
     s, full = _expand(s, node, expanding, keys, expand_fn, config,
                       lookahead_fn)

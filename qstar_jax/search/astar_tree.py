@@ -10,18 +10,24 @@ reuse. Child k of a node is its edge k (`children_index[b, node, k]`), and
 the K proposals' log-probabilities are the node's edge priors.
 
 Selection at large N: the slots of a row are cut into blocks of
-`selection_block(N)` (about sqrt(N)) slots, and `AStarNodes.block_best`
-keeps, per block, an upper bound of the best f among its OPEN slots (exact
-after every function here). `best_open_node` then reads the [B, N / block]
-block bounds and scans one block, instead of all N slots, and checks the
-block it picked: while that block's exact best is below its bound (a slot
-was closed or freed by hand), the bound is lowered to the exact value in a
-local copy and the pick repeats, so the answer is always the one of a full
-scan. The functions here that open slots or
-change f (`add_children`, `set_scores`, `recycle`) keep the bounds exact;
-the block of `add_children`'s parent (the node just popped) is refreshed
-there. Code that raises an f or opens a slot by hand must call
-`refresh_selection` afterwards.
+`selection_block(N)` (about sqrt(N)) slots, and `AStarNodes` keeps, per
+block, the best and the worst f among its OPEN slots (`block_best`,
+`block_worst`). `best_open_node` reads the [B, N / block] block maxima and
+scans one block instead of all N slots; `recycle` ranks the slots of the
+K blocks with the lowest minima instead of all N. Both give exactly the
+answer of a full scan as long as the block values are exact, which every
+function here that changes status or f keeps (`add_children`, which also
+rescans its parent's block, so a pop by hand followed by `add_children` is
+fine; `set_scores`; `recycle`). Other code that changes status or f by hand
+must call `refresh_selection` afterwards.
+
+XLA on CPU copies a [B, N] buffer every iteration when a `lax.cond` (or an
+inner loop) reads it and the iteration later updates it in place, or when
+a read that the update does not depend on could run after it. So the hot
+path ranks recycling victims in conds over the candidate blocks' slots
+only, never over the [B, N] arrays, and orders such reads before the
+writes with `lax.optimization_barrier` (measured: no [B, N] copy is left
+in the loop body of `astar_search` at N = 4096).
 """
 
 from __future__ import annotations
@@ -55,9 +61,11 @@ class AStarNodes:
       status: [B, N] int32 FREE, OPEN or CLOSED.
       num_free: [B] int32 FREE slots: N - num_nodes plus recycled slots not
         yet reused (kept in step with `status` by the functions here).
-      block_best: [B, N / selection_block(N)] float32 an upper bound of the
-        best f of the OPEN slots of each block (-inf: none), or None (no
-        cache: `best_open_node` scans every slot).
+      block_best: [B, N / selection_block(N)] float32 the best f of the
+        OPEN slots of each block (-inf: none), or None (no cache:
+        `best_open_node` and `recycle` scan every slot).
+      block_worst: [B, N / selection_block(N)] float32 the worst f of the
+        OPEN slots of each block (+inf: none), or None (as block_best).
     """
 
     g: jax.Array
@@ -66,6 +74,7 @@ class AStarNodes:
     status: jax.Array
     num_free: jax.Array
     block_best: jax.Array | None = None
+    block_worst: jax.Array | None = None
 
     def after_expand(self, tree: Tree, parent: jax.Array,
                      expansion: Expansion,
@@ -87,9 +96,11 @@ def astar_nodes(tree: Tree) -> AStarNodes:
     num_blocks = -(-n // selection_block(n))
     block_best = jnp.full((b, num_blocks), -jnp.inf,
                           jnp.float32).at[:, 0].set(0.0)   # The root.
+    block_worst = jnp.full((b, num_blocks), jnp.inf,
+                           jnp.float32).at[:, 0].set(0.0)
     return AStarNodes(g=zeros, h=zeros, f=zeros, status=status,
                       num_free=jnp.full((b,), n - 1, jnp.int32),
-                      block_best=block_best)
+                      block_best=block_best, block_worst=block_worst)
 
 
 def init_astar_tree(prompt_tokens: jax.Array, prompt_lengths: jax.Array, *,
@@ -109,20 +120,36 @@ def selection_block(num_nodes: int) -> int:
     return max(8, 1 << round(math.log2(max(num_nodes, 1)) / 2))
 
 
-def _block_scores(nodes: AStarNodes, blocks: jax.Array,
-                  block: int) -> jax.Array:
-    """[B, J, block] f of the OPEN slots of blocks [B, J] (-inf elsewhere)."""
+def _block_slots(nodes: AStarNodes, blocks: jax.Array,
+                 block: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The slots of blocks [B, J] (entries in [0, N / block)).
+
+    Each block is read as one contiguous slice (a gather of whole rows of
+    `block` slots, several times faster on CPU than one index per slot);
+    the last, partial block's slice starts early and its slots of the
+    previous block are masked.
+
+    Returns:
+      ids [B, J, S] int32, open_ [B, J, S] bool (an OPEN slot of that
+      block) and f [B, J, S] float32, S = min(block, N).
+    """
     n = nodes.status.shape[1]
-    ids = blocks[..., None] * block + jnp.arange(block)        # [B, J, blk]
-    safe = jnp.minimum(ids, n - 1)
-    rows = jnp.arange(ids.shape[0])[:, None, None]
-    open_ = (ids < n) & (nodes.status[rows, safe] == OPEN)
-    return jnp.where(open_, nodes.f[rows, safe], -jnp.inf)
+    size = min(block, n)
+    start = jnp.minimum(blocks * block, n - size).astype(jnp.int32)
+    ids = start[..., None] + jnp.arange(size, dtype=jnp.int32)
+
+    def read(x):
+        one = lambda row, s: jax.lax.dynamic_slice(row, (s,), (size,))
+        return jax.vmap(jax.vmap(one, (None, 0)))(x, start)
+
+    open_ = (read(nodes.status) == OPEN) & (ids // block
+                                            == blocks[..., None])
+    return ids, open_, read(nodes.f)
 
 
 def refresh_selection(nodes: AStarNodes,
                       blocks: jax.Array | None = None) -> AStarNodes:
-    """`nodes` with exact `block_best` for the given blocks.
+    """`nodes` with exact `block_best` and `block_worst` for given blocks.
 
     Args:
       nodes: A*'s per-node arrays.
@@ -133,21 +160,29 @@ def refresh_selection(nodes: AStarNodes,
     block = selection_block(n)
     num_blocks = -(-n // block)
     if blocks is None or nodes.block_best is None:
-        score = jnp.where(nodes.status == OPEN, nodes.f, -jnp.inf)
-        score = jnp.pad(score, ((0, 0), (0, num_blocks * block - n)),
-                        constant_values=-jnp.inf)
-        return nodes.replace(block_best=jnp.max(
-            score.reshape(b, num_blocks, block), axis=2))
+        open_ = jnp.pad(nodes.status == OPEN, ((0, 0), (0, num_blocks * block
+                                                          - n)))
+        f = jnp.pad(nodes.f, ((0, 0), (0, num_blocks * block - n)))
+        open_ = open_.reshape(b, num_blocks, block)
+        f = f.reshape(b, num_blocks, block)
+        return nodes.replace(
+            block_best=jnp.max(jnp.where(open_, f, -jnp.inf), axis=2),
+            block_worst=jnp.min(jnp.where(open_, f, jnp.inf), axis=2))
     ok = (blocks >= 0) & (blocks < num_blocks)
-    best = jnp.max(_block_scores(nodes, jnp.where(ok, blocks, 0), block),
-                   axis=2)
+    _, open_, f = _block_slots(nodes, jnp.where(ok, blocks, 0), block)
+    best = jnp.max(jnp.where(open_, f, -jnp.inf), axis=2)
+    worst = jnp.min(jnp.where(open_, f, jnp.inf), axis=2)
+    # Orders these reads before later in-place writes of status and f.
+    nodes, best, worst = jax.lax.optimization_barrier((nodes, best, worst))
     rows = jnp.arange(b)[:, None]
-    return nodes.replace(block_best=nodes.block_best.at[
-        rows, jnp.where(ok, blocks, num_blocks)].set(best, mode="drop"))
+    at = (rows, jnp.where(ok, blocks, num_blocks))
+    return nodes.replace(
+        block_best=nodes.block_best.at[at].set(best, mode="drop"),
+        block_worst=nodes.block_worst.at[at].set(worst, mode="drop"))
 
 
 def _refresh_slots(nodes: AStarNodes, slots: jax.Array) -> AStarNodes:
-    """Exact `block_best` for the blocks of slots [B, K] (-1 skipped)."""
+    """Exact block values for the blocks of slots [B, K] (-1 skipped)."""
     if nodes.block_best is None:
         return nodes
     block = selection_block(nodes.status.shape[1])
@@ -155,14 +190,28 @@ def _refresh_slots(nodes: AStarNodes, slots: jax.Array) -> AStarNodes:
                                               -1))
 
 
+def _open_in_blocks(nodes: AStarNodes, slots: jax.Array,
+                    f: jax.Array) -> AStarNodes:
+    """Block values after slots [B, K] (-1 skipped) became OPEN with
+    priorities f [B, K] (a max/min scatter, no rescan)."""
+    if nodes.block_best is None:
+        return nodes
+    block = selection_block(nodes.status.shape[1])
+    num_blocks = nodes.block_best.shape[1]
+    at = (jnp.arange(slots.shape[0])[:, None],
+          jnp.where(slots >= 0, slots // block, num_blocks))
+    return nodes.replace(
+        block_best=nodes.block_best.at[at].max(f, mode="drop"),
+        block_worst=nodes.block_worst.at[at].min(f, mode="drop"))
+
+
 def best_open_node(tree: Tree, block: int | None = None) -> jax.Array:
     """[B] int32 the OPEN slot with the largest f, ties to the lowest index.
 
     With the selection cache (`AStarNodes.block_best`, `block` None): the
-    lowest-index block of the largest bound is scanned for its best slot,
-    O(N / block + block) per row; while its exact best is below the bound,
-    the bound is lowered and the pick repeats (so the result never depends
-    on the cache being exact, only on it being an upper bound).
+    lowest-index block of the largest block maximum is scanned for its
+    lowest-index slot of that f, O(N / block + block) per row, the answer
+    of a full scan while the cache is exact (see the module docstring).
 
     Full scan (no cache, or `block` given): one pass over [B, N] computes
     the best f of every block of `block` (default 128) slots; the
@@ -179,38 +228,14 @@ def best_open_node(tree: Tree, block: int | None = None) -> jax.Array:
 
 
 def _cached_best(nodes: AStarNodes) -> jax.Array:
-    """`best_open_node` through the block bounds (see there).
-
-    Picks the lowest-index block of the largest bound and scans it; while
-    some row's scanned best is below that block's bound (the block went
-    stale), the bound is lowered to the exact value in a local copy and the
-    pick repeats. Each round makes one more block exact, so the loop ends
-    (within N / block rounds), with the answer of a full scan.
-    """
+    """`best_open_node` through the block maxima (see there)."""
+    block = selection_block(nodes.status.shape[1])
+    first = _first_max(nodes.block_best)
+    ids, open_, f = _block_slots(nodes, first[:, None], block)
+    best = jnp.max(nodes.block_best, axis=1)
+    hit = open_[:, 0] & (f[:, 0] == best[:, None])              # [B, S]
     n = nodes.status.shape[1]
-    block = selection_block(n)
-
-    def pick(bounds):
-        first = jnp.argmax(bounds, axis=1).astype(jnp.int32)
-        scores = _block_scores(nodes, first[:, None], block)[:, 0]
-        return first, scores, jnp.max(scores, axis=1)
-
-    def stale(carry):
-        bounds, first, _, exact = carry
-        return jnp.any(exact != jnp.max(bounds, axis=1))
-
-    def lower(carry):
-        bounds, first, _, exact = carry
-        bounds = bounds.at[jnp.arange(bounds.shape[0]), first].set(
-            exact)
-        return (bounds,) + pick(bounds)
-
-    bounds = nodes.block_best
-    _, first, scores, exact = jax.lax.while_loop(stale, lower,
-                                                 (bounds,) + pick(bounds))
-    offset = jnp.min(jnp.where(scores == exact[:, None], jnp.arange(block),
-                               block), axis=1) % block
-    return (first * block + offset).astype(jnp.int32)
+    return jnp.minimum(jnp.min(jnp.where(hit, ids[:, 0], n), axis=1), n - 1)
 
 
 def _scanned_best(nodes: AStarNodes, block: int) -> jax.Array:
@@ -268,8 +293,9 @@ def recycle(tree: Tree, need: jax.Array, *, max_victims: int,
     has OPEN nodes. OPEN nodes are leaves (only popped nodes get children),
     so freeing one never orphans a node; CLOSED nodes (ancestors of every
     OPEN node and every found trajectory) are never freed. A victim's edge
-    in its parent's `children_index` is cleared. The [B, N] ranking runs
-    only when some row is short of slots.
+    in its parent's `children_index` is cleared. With the selection cache
+    only the slots of the v blocks with the lowest minima are ranked;
+    without it, all N slots, and only when some row is short of slots.
 
     Args:
       tree: the trees.
@@ -283,42 +309,128 @@ def recycle(tree: Tree, need: jax.Array, *, max_victims: int,
       The tree with the victims FREE, and freed [B] int32.
     """
     nodes: AStarNodes = tree.extra
-    deficit = jnp.maximum(need - nodes.num_free, 0)
-    # The whole update runs inside the cond and the tree goes through it,
-    # so XLA updates the [B, N] arrays in place instead of copying them.
-    return jax.lax.cond(
-        jnp.any(deficit > 0),
-        lambda t: _free_victims(t, deficit, max_victims, reset_fields),
-        lambda t: (t, jnp.zeros_like(deficit)), tree)
-
-
-def _free_victims(tree: Tree, deficit: jax.Array, max_victims: int,
-                  reset_fields: bool) -> tuple[Tree, jax.Array]:
-    """`recycle` for rows short of `deficit` [B] slots (see there)."""
-    nodes: AStarNodes = tree.extra
     n = nodes.status.shape[1]
     v = min(max_victims, n)
-    # Reversed so that top_k's tie rule (lower index first) picks the
-    # highest original index among equal f.
-    score = jnp.where(nodes.status == OPEN, -nodes.f, -jnp.inf)[:, ::-1]
-    victims = (n - 1 - jax.lax.top_k(score, v)[1]).astype(jnp.int32)
+    deficit = jnp.maximum(need - nodes.num_free, 0)
+    if nodes.block_worst is None:
+        target = jax.lax.cond(
+            jnp.any(deficit > 0),
+            lambda: _ranked_victims(nodes, deficit, v),
+            lambda: jnp.full((tree.batch_size, v), n, jnp.int32))
+        return _free(tree, target, reset_fields)
+    target, blocks, best, worst = _cached_victims(nodes, deficit, v)
+    tree, freed = _free(tree, target, reset_fields)
+    # The candidate blocks' exact values without the victims (the blocks
+    # hold every victim; entries num_blocks are skipped).
+    nodes = tree.extra
+    rows = jnp.arange(tree.batch_size)[:, None]
+    return tree.replace(extra=nodes.replace(
+        block_best=nodes.block_best.at[rows, blocks].set(best, mode="drop"),
+        block_worst=nodes.block_worst.at[rows, blocks].set(
+            worst, mode="drop"))), freed
+
+
+def _first_max(x: jax.Array) -> jax.Array:
+    """[B] int32 the lowest index of each row's maximum of x [B, M] (on CPU
+    several times faster than `jnp.argmax`, a (value, index) reduction)."""
+    best = jnp.max(x, axis=1, keepdims=True)
+    m = x.shape[1]
+    return jnp.min(jnp.where(x == best, jnp.arange(m), m - 1),
+                   axis=1).astype(jnp.int32)
+
+
+def _pick_victims(ids: jax.Array, open_: jax.Array, f: jax.Array,
+                  deficit: jax.Array, v: int, n: int) -> jax.Array:
+    """The `recycle` victims among candidate slots ids [B, M] in decreasing
+    index order (open_, f: [B, M]): the `deficit` [B] lowest-f OPEN ones,
+    ties to the highest index (top_k's tie rule: the earlier position).
+    Returns [B, v] int32 slots, N where none."""
+    score = jnp.where(open_, -f, -jnp.inf)
+    pos = jax.lax.top_k(score, v)[1]
     take = ((jnp.arange(v) < deficit[:, None])
-            & (node_values(nodes.status, victims) == OPEN))
-    target = jnp.where(take, victims, n)
+            & jnp.take_along_axis(open_, pos, axis=1))
+    return jnp.where(take, jnp.take_along_axis(ids, pos, axis=1),
+                     n).astype(jnp.int32)
+
+
+def _ranked_victims(nodes: AStarNodes, deficit: jax.Array,
+                    v: int) -> jax.Array:
+    """`recycle`'s victims by ranking all N slots (no selection cache)."""
+    b, n = nodes.status.shape
+    ids = jnp.broadcast_to(jnp.arange(n - 1, -1, -1, dtype=jnp.int32),
+                           (b, n))
+    return _pick_victims(ids, (nodes.status == OPEN)[:, ::-1],
+                         nodes.f[:, ::-1], deficit, v, n)
+
+
+def _cached_victims(nodes: AStarNodes, deficit: jax.Array, v: int
+                    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """`recycle`'s victims from the slots of the v blocks with the lowest
+    block minima (ties to the higher block), O(N / block + v * block) per
+    row. Exact: a slot among the v lowest (by f, then highest index) lies
+    in a block whose minimum precedes it, and fewer than v blocks can.
+
+    Returns:
+      target [B, v] int32 the victims (N: none); blocks [B, j] int32 the
+      candidate blocks (num_blocks when no row is short) and best, worst
+      [B, j] float32 their exact block values once the victims are freed.
+    """
+    b, n = nodes.status.shape
+    block = selection_block(n)
+    num_blocks = nodes.block_worst.shape[1]
+    j = min(v, num_blocks)
+    short = jnp.any(deficit > 0)
+    # top_k costs tens of microseconds on CPU: both rankings run only when
+    # some row is short, each in a cond over small operands (see the module
+    # docstring); the [B, j, block] read between them is cheap.
+
+    def lowest_blocks(worst):
+        low = jax.lax.top_k(-worst[:, ::-1], j)[1]
+        return num_blocks - 1 - jnp.sort(low, axis=1)   # Decreasing order.
+
+    blocks = jax.lax.cond(short, lowest_blocks,
+                          lambda w: jnp.zeros((b, j), jnp.int32),
+                          nodes.block_worst)
+    ids, open_, f = _block_slots(nodes, blocks, block)          # [B, j, S]
+
+    def pick(blocks, ids, open_, f):
+        # Candidates in decreasing slot order: top_k's tie rule (the earlier
+        # position) then frees the highest index among equal f.
+        flat = lambda x: x[..., ::-1].reshape(b, -1)
+        target = _pick_victims(flat(ids), flat(open_), flat(f), deficit, v,
+                               n)
+        freed = jnp.any(ids[..., None] == target[:, None, None, :], axis=-1)
+        left = open_ & ~freed
+        return (target, blocks,
+                jnp.max(jnp.where(left, f, -jnp.inf), axis=2),
+                jnp.min(jnp.where(left, f, jnp.inf), axis=2))
+
+    def none(blocks, ids, open_, f):
+        del ids, open_, f
+        inf = jnp.full(blocks.shape, jnp.inf, jnp.float32)
+        return (jnp.full((b, v), n, jnp.int32), blocks + num_blocks, -inf,
+                inf)
+
+    return jax.lax.cond(short, pick, none, blocks, ids, open_, f)
+
+
+def _free(tree: Tree, target: jax.Array,
+          reset_fields: bool) -> tuple[Tree, jax.Array]:
+    """Frees the slots `target` [B, v] (entries N skipped; see `recycle`)."""
+    n = tree.capacity
     freed = jnp.sum(target < n, axis=1, dtype=jnp.int32)
     rows = jnp.arange(tree.batch_size)[:, None]
     parent = jnp.where(target < n, node_values(tree.parent, target), n)
-    children = tree.children_index.at[
-        rows, parent, node_values(tree.action_from_parent, target)].set(
-            Tree.NO_CHILD, mode="drop")
-    # A*'s own fields are always reset (cheap scatters): every array the
-    # cond's branch rewrites is updated in place, one it only reads would
-    # be copied every iteration.
-    a_names = list(_ASTAR_FREE)
-    nodes = _refresh_slots(nodes.replace(
+    edge = node_values(tree.action_from_parent, target)
+    # Orders these reads before the in-place writes below and after.
+    tree, parent, edge = jax.lax.optimization_barrier((tree, parent, edge))
+    nodes: AStarNodes = tree.extra
+    children = tree.children_index.at[rows, parent, edge].set(
+        Tree.NO_CHILD, mode="drop")
+    nodes = nodes.replace(
         num_free=nodes.num_free + freed,
-        **{name: put_values(getattr(nodes, name), target, _ASTAR_FREE[name])
-           for name in a_names}), jnp.where(target < n, target, -1))
+        **{name: put_values(getattr(nodes, name), target, value)
+           for name, value in _ASTAR_FREE.items()})
     shared = {name: put_values(getattr(tree, name), target, value)
               for name, (value, _) in EMPTY_NODE.items()} if reset_fields \
         else {}
@@ -383,9 +495,10 @@ def add_children(tree: Tree, parent: jax.Array, expansion: Expansion,
            for name, value in new.items()},
         num_free=nodes.num_free - jnp.sum(fits, axis=1, dtype=jnp.int32))
     child = jnp.where(fits, slot, -1)
-    # The parent's block: it was popped (closed) since the last refresh.
-    nodes = _refresh_slots(nodes, jnp.concatenate([parent[:, :1], child],
-                                                  axis=1))
+    # The parent's block is rescanned (it was popped, closed, since the last
+    # refresh); the new OPEN children only raise their blocks' maxima and
+    # lower their minima.
+    nodes = _open_in_blocks(_refresh_slots(nodes, parent[:, :1]), child, f)
     tree = tree.replace(children_prior_logits=priors, extra=nodes)
     return (tree.replace(extra=nodes.after_expand(
         tree, parent[:, 0], expansion, insert_mask)), child)

@@ -337,7 +337,8 @@ def init_cached_tree(models, prompt_tokens: jax.Array,
     base = astar_nodes(tree)
     nodes = CachedAStarNodes(
         **{f: getattr(base, f) for f in ("g", "h", "f", "status",
-                                        "num_free", "block_best")},
+                                        "num_free", "block_best",
+                                        "block_worst")},
         pools=pools, models=models, config=config, path_slots=path_slots,
         encoded_tokens=jnp.zeros((b,), jnp.int32))
     return tree.replace(extra=stage_next_node(tree.replace(extra=nodes)))
