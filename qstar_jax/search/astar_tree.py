@@ -229,13 +229,8 @@ def best_open_node(tree: Tree, block: int | None = None) -> jax.Array:
 
 def _cached_best(nodes: AStarNodes) -> jax.Array:
     """`best_open_node` through the block maxima (see there)."""
-    block = selection_block(nodes.status.shape[1])
-    first = _first_max(nodes.block_best)
-    ids, open_, f = _block_slots(nodes, first[:, None], block)
-    best = jnp.max(nodes.block_best, axis=1)
-    hit = open_[:, 0] & (f[:, 0] == best[:, None])              # [B, S]
-    n = nodes.status.shape[1]
-    return jnp.minimum(jnp.min(jnp.where(hit, ids[:, 0], n), axis=1), n - 1)
+    return _best_in_top_block(nodes, nodes.block_best,
+                              selection_block(nodes.status.shape[1]))
 
 
 def _scanned_best(nodes: AStarNodes, block: int) -> jax.Array:
@@ -247,14 +242,20 @@ def _scanned_best(nodes: AStarNodes, block: int) -> jax.Array:
     score = jnp.pad(score, ((0, 0), (0, num_blocks * block - n)),
                     constant_values=-jnp.inf)
     block_best = jnp.max(score.reshape(b, num_blocks, block), axis=2)
-    best = jnp.max(block_best, axis=1, keepdims=True)             # [B, 1]
-    first = jnp.min(jnp.where(block_best == best, jnp.arange(num_blocks),
-                              num_blocks - 1), axis=1)
-    ids = first[:, None] * block + jnp.arange(block)              # [B, blk]
-    hit = ((ids < n) & (node_values(nodes.status, jnp.minimum(ids, n - 1))
-                        == OPEN) & (node_values(nodes.f, ids) == best))
-    offset = jnp.min(jnp.where(hit, jnp.arange(block), block), axis=1)
-    return (first * block + offset % block).astype(jnp.int32)
+    return _best_in_top_block(nodes, block_best, block)
+
+
+def _best_in_top_block(nodes: AStarNodes, block_best: jax.Array,
+                       block: int) -> jax.Array:
+    """[B] int32 the lowest-index OPEN slot whose f is the row's largest
+    value of block_best [B, N / block] (each block's best OPEN f), read in
+    the lowest-index block holding it; N - 1 (not OPEN) in a row without
+    OPEN slots."""
+    n = nodes.status.shape[1]
+    first, best = _first_max(block_best)
+    ids, open_, f = _block_slots(nodes, first[:, None], block)
+    hit = open_[:, 0] & (f[:, 0] == best[:, None])              # [B, S]
+    return jnp.minimum(jnp.min(jnp.where(hit, ids[:, 0], n), axis=1), n - 1)
 
 
 def free_slots(tree: Tree, count: int) -> jax.Array:
@@ -330,13 +331,15 @@ def recycle(tree: Tree, need: jax.Array, *, max_victims: int,
             worst, mode="drop"))), freed
 
 
-def _first_max(x: jax.Array) -> jax.Array:
-    """[B] int32 the lowest index of each row's maximum of x [B, M] (on CPU
-    several times faster than `jnp.argmax`, a (value, index) reduction)."""
-    best = jnp.max(x, axis=1, keepdims=True)
+def _first_max(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The lowest index [B] int32 of each row's maximum of x [B, M], and
+    that maximum [B] (on CPU several times faster than `jnp.argmax`, a
+    (value, index) reduction)."""
+    best = jnp.max(x, axis=1)
     m = x.shape[1]
-    return jnp.min(jnp.where(x == best, jnp.arange(m), m - 1),
-                   axis=1).astype(jnp.int32)
+    first = jnp.min(jnp.where(x == best[:, None], jnp.arange(m), m - 1),
+                    axis=1)
+    return first.astype(jnp.int32), best
 
 
 def _pick_victims(ids: jax.Array, open_: jax.Array, f: jax.Array,
