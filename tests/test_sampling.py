@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from qstar_jax.sampling.logits import (GREEDY, SamplingConfig, filter_logits,
-                                       row_uniforms, sample_tokens,
-                                       token_log_probs)
+                                       first_argmax, row_uniforms,
+                                       sample_tokens, token_log_probs)
 
 
 def _reference_filter(logits, temperature, top_k, top_p):
@@ -83,6 +83,21 @@ def test_greedy_is_argmax():
         jnp.argmax(logits, -1))
 
 
+def test_first_argmax_matches_argmax_on_ties_nan_and_inf():
+    x = np.asarray(jax.random.randint(jax.random.key(9), (6, 40), 0, 4),
+                   np.float32)                        # many ties
+    x[1, :] = -np.inf
+    x[2, [5, 17]] = np.nan
+    x[3, 0] = np.inf
+    x[3, 9] = np.inf
+    x[4, 30] = np.nan
+    x[4, 2] = np.inf
+    np.testing.assert_array_equal(first_argmax(jnp.asarray(x)),
+                                  np.argmax(x, axis=-1))
+    np.testing.assert_array_equal(first_argmax(jnp.asarray(x)),
+                                  jnp.argmax(jnp.asarray(x), axis=-1))
+
+
 def test_row_uniforms_depend_only_on_own_key():
     keys = jax.random.split(jax.random.key(6), 5)
     full = row_uniforms(keys, 3, jnp.int32(7))
@@ -96,6 +111,23 @@ def test_token_log_probs():
     expected = np.log(np.exp(2.0) / np.exp([1.0, 2.0, 3.0]).sum())
     np.testing.assert_allclose(token_log_probs(logits, jnp.asarray([1])),
                                [expected], rtol=1e-6)
+
+
+def test_token_log_probs_matches_log_softmax_and_its_gradient():
+    logits = 30.0 * jax.random.normal(jax.random.key(4), (3, 2, 500))
+    logits = logits.at[0, 0, 7].set(-jnp.inf)
+    tokens = jax.random.randint(jax.random.key(5), (3, 2), 0, 500)
+    tokens = tokens.at[0, 0].set(3)
+
+    def reference(x):
+        logp = jax.nn.log_softmax(x, axis=-1)
+        return jnp.take_along_axis(logp, tokens[..., None], -1)[..., 0]
+
+    np.testing.assert_allclose(token_log_probs(logits, tokens),
+                               reference(logits), rtol=1e-5, atol=1e-5)
+    grad = jax.grad(lambda x: token_log_probs(x, tokens).sum())(logits)
+    np.testing.assert_allclose(grad, jax.grad(
+        lambda x: reference(x).sum())(logits), atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs", [dict(temperature=-1.0), dict(top_k=-1),

@@ -101,6 +101,26 @@ def _inverse_cdf(logits: jax.Array, uniforms: jax.Array,
     return j * block + i
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+    """`jnp.argmax(x, axis=-1)` as a max and a first-index-of-max.
+
+    Same result, NaN rule included (the first NaN wins), but on CPU the
+    fused (value, index) reduction of `jnp.argmax` over a 49k vocabulary
+    costs several times more than these two plain reductions.
+
+    Args:
+      x: [..., V].
+
+    Returns:
+      [...] int32.
+    """
+    v = x.shape[-1]
+    best = jnp.max(x, axis=-1, keepdims=True)
+    hit = (x == best) | jnp.isnan(x)
+    return jnp.min(jnp.where(hit, jnp.arange(v, dtype=jnp.int32), v),
+                   axis=-1).astype(jnp.int32)
+
+
 def sample_tokens(logits: jax.Array, uniforms: jax.Array,
                   config: SamplingConfig) -> jax.Array:
     """Draws one token per row.
@@ -114,12 +134,12 @@ def sample_tokens(logits: jax.Array, uniforms: jax.Array,
       [...] int32 token ids.
     """
     if config.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return first_argmax(logits)
     filtered = filter_logits(logits, config)
     token = _inverse_cdf(filtered, uniforms)
     # Guard float edges: never return a removed (-inf) token.
     picked = jnp.take_along_axis(filtered, token[..., None], -1)[..., 0]
-    best = jnp.argmax(filtered, axis=-1)
+    best = first_argmax(filtered)
     return jnp.where(picked > -jnp.inf, token, best).astype(jnp.int32)
 
 
@@ -152,5 +172,13 @@ def token_log_probs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     Returns:
       [...] float32.
     """
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+    logits = logits.astype(jnp.float32)
+    peak = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    shifted = logits - peak
+    picked = jnp.take_along_axis(shifted, tokens[..., None], axis=-1)[..., 0]
+    # The sum of exponentials as a dot with ones: inside the decoding loop
+    # XLA's CPU backend runs `jnp.sum` of this [B, V] exponential as a fusion
+    # about ten times slower than the same fusion alone (measured at B = 64,
+    # V = 49,152: 26 ms against under 3 ms per step); the dot does not.
+    mass = jnp.exp(shifted) @ jnp.ones((logits.shape[-1],), jnp.float32)
+    return picked - jnp.log(mass)
