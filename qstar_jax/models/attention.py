@@ -87,6 +87,46 @@ class SuffixCache(NamedTuple):
             v=tuple(put(c, kv.v) for c, kv in zip(self.v, kvs)))
 
 
+def grouped_scores(q: jax.Array, keys: jax.Array) -> jax.Array:
+    """Unscaled scores of grouped queries against one cache per row.
+
+    The contraction runs with (B, KV) as the leading batch axes of both
+    operands (the queries are transposed, the cache is read as stored): with
+    those axes apart, XLA's CPU backend lowered these small batched products
+    to a path that made the prefix attention cost more than the suffix's
+    (measured: 30 layers of decoding attention at B = 64, 33.2 -> 15.6 ms).
+
+    Args:
+      q: [B, R, KV, G, hd] queries (R: any rows per cache row).
+      keys: [B, KV, S, hd].
+
+    Returns:
+      [B, R, KV, G, S] float32.
+    """
+    b, r, kv_heads, g, hd = q.shape
+    rows = q.transpose(0, 2, 1, 3, 4).reshape(b, kv_heads, r * g, hd)
+    scores = jnp.einsum("bkrd,bksd->bkrs", rows, keys,
+                        preferred_element_type=jnp.float32)
+    return scores.reshape(b, kv_heads, r, g, -1).transpose(0, 2, 1, 3, 4)
+
+
+def grouped_values(weights: jax.Array, values: jax.Array) -> jax.Array:
+    """Weighted sums of one cache's values per row (see `grouped_scores`).
+
+    Args:
+      weights: [B, R, KV, G, S] float32.
+      values: [B, KV, S, hd].
+
+    Returns:
+      [B, R, KV, G, hd] float32.
+    """
+    b, r, kv_heads, g, s = weights.shape
+    rows = weights.transpose(0, 2, 1, 3, 4).reshape(b, kv_heads, r * g, s)
+    out = jnp.einsum("bkrs,bksd->bkrd", rows.astype(values.dtype), values,
+                     preferred_element_type=jnp.float32)
+    return out.reshape(b, kv_heads, r, g, -1).transpose(0, 2, 1, 3, 4)
+
+
 def causal_attend(lengths: jax.Array) -> AttendFn:
     """Causal self-attention within right-padded rows (prefill, scoring).
 
@@ -146,8 +186,7 @@ def forked_attend(prefix: PrefixCache, suffix: SuffixCache,
         kp, vp = prefix.k[layer], prefix.v[layer]
         ks, vs = suffix.k[layer], suffix.v[layer]
         f32 = jnp.float32
-        s_pre = jnp.einsum("bmkgd,bkpd->bmkgp", q, kp,
-                           preferred_element_type=f32) * scale
+        s_pre = grouped_scores(q, kp) * scale
         s_pre = jnp.where(prefix_mask[:, None, None, None], s_pre, _NEG_INF)
         s_suf = jnp.einsum("bmkgd,bmktd->bmkgt", q, ks,
                            preferred_element_type=f32) * scale
@@ -161,8 +200,7 @@ def forked_attend(prefix: PrefixCache, suffix: SuffixCache,
         denom = e_pre.sum(-1, keepdims=True) + e_suf.sum(-1, keepdims=True) \
             + e_self
         dt = vp.dtype
-        out = (jnp.einsum("bmkgp,bkpd->bmkgd", e_pre.astype(dt), vp,
-                          preferred_element_type=f32)
+        out = (grouped_values(e_pre, vp)
                + jnp.einsum("bmkgt,bmktd->bmkgd", e_suf.astype(dt), vs,
                             preferred_element_type=f32)
                + jnp.einsum("bmkgt,bmktd->bmkgd", e_self.astype(dt), v,

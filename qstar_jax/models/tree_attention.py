@@ -25,7 +25,8 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from qstar_jax.models.attention import PrefixCache, SuffixCache
+from qstar_jax.models.attention import (PrefixCache, SuffixCache,
+                                       grouped_scores, grouped_values)
 from qstar_jax.models.decoder import AttendFn
 
 _NEG_INF = -1e30
@@ -99,14 +100,12 @@ def _prefix_parts(qg: jax.Array, prompt: PrefixCache, path: PathKV,
     scale = 1.0 / jnp.sqrt(f32(qg.shape[-1]))
     kp, vp = prompt.k[layer], prompt.v[layer]
     kw, vw = path.k[layer], path.v[layer]
-    s_pre = jnp.einsum("bxkgd,bkpd->bxkgp", qg, kp,
-                       preferred_element_type=f32) * scale
+    s_pre = grouped_scores(qg, kp) * scale
     s_path = jnp.einsum("bxkgd,bwkd->bxkgw", qg, kw,
                         preferred_element_type=f32) * scale
     return [
-        attention_part(s_pre, prompt_mask, lambda w: jnp.einsum(
-            "bxkgp,bkpd->bxkgd", w.astype(vp.dtype), vp,
-            preferred_element_type=f32)),
+        attention_part(s_pre, prompt_mask,
+                       lambda w: grouped_values(w, vp)),
         attention_part(s_path, path_mask, lambda w: jnp.einsum(
             "bxkgw,bwkd->bxkgd", w.astype(vw.dtype), vw,
             preferred_element_type=f32))]
