@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from qstar_jax.models.attention import (PrefixCache, SuffixCache,
-                                        branch_attend, forked_attend)
+                                        branch_attend, forked_attend,
+                                        grouped_scores, grouped_values)
 from qstar_jax.models.config import tiny
 from qstar_jax.models.decoder import init_decoder
 from qstar_jax.models.kv_pool import (PoolTooLargeError, check_pool_fits,
@@ -71,6 +72,19 @@ def _split_and_joined(rng):
                          lengths=jnp.asarray(prompt_len + path_len,
                                              jnp.int32))
     return prompt, path, joined
+
+
+def test_grouped_scores_and_values_against_numpy():
+    rng = np.random.default_rng(7)
+    q = rng.normal(size=(B, M, KV, G, HD)).astype(np.float32)
+    keys = rng.normal(size=(B, KV, W, HD)).astype(np.float32)
+    weights = rng.normal(size=(B, M, KV, G, W)).astype(np.float32)
+    np.testing.assert_allclose(
+        grouped_scores(jnp.asarray(q), jnp.asarray(keys)),
+        np.einsum("bmkgd,bkwd->bmkgw", q, keys), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        grouped_values(jnp.asarray(weights), jnp.asarray(keys)),
+        np.einsum("bmkgw,bkwd->bmkgd", weights, keys), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("step", [0, 3])
