@@ -9,6 +9,7 @@ plain-Python reference. The other tests are small hand-worked cases.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -130,6 +131,41 @@ def test_matches_heapq_reference(index):
     for b, root in enumerate(roots):
         _assert_row_matches(result, b, reference_astar(env, int(root),
                                                        config))
+
+
+@pytest.mark.parametrize("index", [0, 7, 13])
+def test_shrinking_batch_matches_reference_and_full_batch(index):
+    env, config, roots = _group(index)
+    shrunk = _run(env, dataclasses.replace(config, shrink_rows=2), roots)
+    for b, root in enumerate(roots):
+        _assert_row_matches(shrunk, b, reference_astar(env, int(root),
+                                                       config))
+    full = _group_result(index)
+    for x, y in zip(jax.tree.leaves(shrunk), jax.tree.leaves(full)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_shrinking_batch_keeps_each_row_with_its_key():
+    env = SyntheticEnv(seed=5, branching=3, max_depth=5, invalid_prob=0.1)
+    config = AStarConfig(num_nodes=64, max_expansions=12, lam=0.5,
+                         aggregation="sum")
+
+    def noisy_expand(tree, node, keys):  # Q depends on the row's key.
+        out = env.expand_fn(tree, node, keys)
+        noise = jax.vmap(lambda key: jax.random.randint(
+            key, (env.branching,), -4, 5))(keys)
+        return out._replace(q_value=out.q_value + noise / 8)
+
+    roots = np.arange(16) * 7 + 1
+    keys = jax.random.split(jax.random.key(3), 16)
+    tree = env.init_tree(roots, num_nodes=64)
+    full = _jitted_search(noisy_expand, config)(tree, keys)
+    shrunk = _jitted_search(noisy_expand, dataclasses.replace(
+        config, shrink_rows=1))(tree, keys)
+    expansions = np.asarray(full.stats.expansions)
+    assert len(set(expansions.tolist())) > 1     # rows finish apart
+    for x, y in zip(jax.tree.leaves(shrunk), jax.tree.leaves(full)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_property_instances_cover_every_setting_and_rule():
@@ -497,6 +533,8 @@ def test_config_validation():
         AStarConfig(heuristic="rollout")
     with pytest.raises(ValueError):
         AStarConfig(when_full="grow")
+    with pytest.raises(ValueError, match="shrink_rows"):
+        AStarConfig(shrink_rows=-1)
     env = SyntheticEnv()
     with pytest.raises(ValueError, match="slots"):
         astar_search(env.expand_fn, env.init_tree([1], num_nodes=8),

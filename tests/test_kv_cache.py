@@ -242,6 +242,22 @@ def test_cached_qstar_equals_reencoding_qstar(benchmark_problems):
     encoded = np.asarray(cached.tree.extra.encoded_tokens)
     assert (encoded <= expansions * bound).all()
     assert (encoded >= expansions * prop.num_samples).all()
+    # The batch halves (8 -> 4 rows) once at most 4 rows still run: every
+    # row ends as in the full batch, pools and encoded tokens included.
+    shrunk = jax.jit(qstar_search, static_argnames="config")(
+        *args, config=dataclasses.replace(
+            config, kv_cache=True, search=dataclasses.replace(
+                config.search, shrink_rows=4)))
+    assert len(set(expansions.tolist())) > 1            # rows end apart
+    for name in ("pop_order", "num_pops", "trajectories", "best"):
+        np.testing.assert_array_equal(getattr(shrunk, name),
+                                      getattr(cached, name))
+    for x, y in zip(jax.tree.leaves(shrunk.stats),
+                    jax.tree.leaves(cached.stats)):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(shrunk.tree.extra.encoded_tokens, encoded)
+    np.testing.assert_allclose(shrunk.tree.extra.f, cached.tree.extra.f,
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_cached_search_rejects_what_it_cannot_do(benchmark_problems):

@@ -94,6 +94,14 @@ class AStarConfig:
         `LookaheadFn`, about K times dearer).
       when_full: 'recycle' (free the lowest-f OPEN leaves to make room) or
         'stop' (the row finishes with status FULL).
+      shrink_rows: 0 (off) or the smallest batch to shrink to. When at
+        most half of the batch's rows are still running, those rows are
+        gathered into a batch half as wide (never below shrink_rows) and
+        the search goes on there, so rows that have finished stop costing
+        model work; every row's final state is scattered back to its place.
+        Each row's search is the same computation either way (its own key,
+        its own arrays); only float differences between batch shapes can
+        tip a tie. Each batch width compiles its own loop.
     """
 
     num_nodes: int = 256
@@ -103,12 +111,16 @@ class AStarConfig:
     aggregation: str = "min"
     heuristic: str = "edge"
     when_full: str = "recycle"
+    shrink_rows: int = 0
 
     def __post_init__(self):
         if self.num_nodes < 2:
             raise ValueError("num_nodes must be >= 2")
         if min(self.max_expansions, self.num_trajectories) < 1:
             raise ValueError("max_expansions, num_trajectories must be >= 1")
+        if self.shrink_rows < 0:
+            raise ValueError(f"shrink_rows must be >= 0, got "
+                             f"{self.shrink_rows}")
         for name, value, allowed in (
                 ("aggregation", self.aggregation, AGGREGATIONS),
                 ("heuristic", self.heuristic, HEURISTICS),
@@ -375,6 +387,68 @@ def _iteration(s: _LoopState, keys: jax.Array, expand_fn: ExpandFn,
     return s._replace(stats=s.stats.replace(status=status))
 
 
+def _without_models(s: _LoopState) -> tuple[_LoopState, object]:
+    """Splits off the models an `extra` may carry (`CachedAStarNodes`):
+    every other array of the loop state has the batch as its first axis."""
+    extra = s.tree.extra
+    models = getattr(extra, "models", None)
+    if models is None:
+        return s, None
+    return s._replace(tree=s.tree.replace(extra=extra.replace(
+        models=None))), models
+
+
+def _with_models(s: _LoopState, models) -> _LoopState:
+    if models is None:
+        return s
+    return s._replace(tree=s.tree.replace(extra=s.tree.extra.replace(
+        models=models)))
+
+
+def _take_rows(s: _LoopState, rows: jax.Array) -> _LoopState:
+    """The loop state of the given rows [R] (a batch of R rows)."""
+    s, models = _without_models(s)
+    return _with_models(jax.tree.map(lambda a: a[rows], s), models)
+
+
+def _put_rows(full: _LoopState, rows: jax.Array,
+              part: _LoopState) -> _LoopState:
+    """`full` with its rows [R] replaced by the R rows of `part`."""
+    full, models = _without_models(full)
+    part, _ = _without_models(part)
+    return _with_models(jax.tree.map(lambda f, p: f.at[rows].set(p),
+                                     full, part), models)
+
+
+def _search_shrinking(init: _LoopState, keys: jax.Array, iterate,
+                      min_rows: int) -> _LoopState:
+    """Runs `iterate` until every row has finished, halving the batch each
+    time at most half of its rows still run (see `AStarConfig.shrink_rows`).
+
+    Stages are unrolled at trace time: B, B/2, ... rows, each its own
+    `lax.while_loop`; the running rows move to the front (stable), so every
+    running row is in the next stage.
+    """
+    full, s = init, init
+    origin = jnp.arange(init.num_pops.shape[0])
+    rows = origin.shape[0]
+    while True:
+        half = rows // 2
+        last = half < max(min_rows, 1)
+        limit = 0 if last else half
+
+        def cond(s, limit=limit):
+            return jnp.sum(s.stats.status == RUNNING) > limit
+
+        s = jax.lax.while_loop(cond, lambda s, k=keys: iterate(s, k), s)
+        full = _put_rows(full, origin, s)
+        if last:
+            return full
+        order = jnp.argsort(s.stats.status != RUNNING, stable=True)[:half]
+        s, keys, origin = _take_rows(s, order), keys[order], origin[order]
+        rows = half
+
+
 def astar_search(expand_fn: ExpandFn, tree: Tree, keys: jax.Array, *,
                  config: AStarConfig,
                  lookahead_fn: LookaheadFn | None = None) -> SearchResult:
@@ -428,9 +502,16 @@ def astar_search(expand_fn: ExpandFn, tree: Tree, keys: jax.Array, *,
         trajectory_f=jnp.full((b, m), -jnp.inf, jnp.float32),
         num_found=zeros, num_pops=zeros, stats=stats,
         pop_order=jnp.full((b, config.max_pops), -1, jnp.int32))
-    s = jax.lax.while_loop(
-        lambda s: jnp.any(s.stats.status == RUNNING),
-        lambda s: _iteration(s, keys, expand_fn, config, lookahead_fn), init)
+    if config.shrink_rows:
+        s = _search_shrinking(
+            init, keys, lambda s, k: _iteration(s, k, expand_fn, config,
+                                                lookahead_fn),
+            config.shrink_rows)
+    else:
+        s = jax.lax.while_loop(
+            lambda s: jnp.any(s.stats.status == RUNNING),
+            lambda s: _iteration(s, keys, expand_fn, config, lookahead_fn),
+            init)
 
     found = jnp.arange(m) < s.num_found[:, None]
     best_i = jnp.argmax(jnp.where(found, s.trajectory_f, -jnp.inf), axis=1)
