@@ -180,6 +180,9 @@ def main():
     parser.add_argument("--sizes", default="512,1024,2048,4096",
                         help="part (a): slot counts N of the fixed-budget "
                              "sweep (budget (N - 1) // branching)")
+    parser.add_argument("--lm-shrink-rows", type=int, default=8,
+                        help="part (b): also time both batched paths with "
+                             "AStarConfig.shrink_rows (0: no)")
     parser.add_argument("--lm-host-problems", type=int, default=None,
                         help="part (b): problems the host loop also "
                              "searches (default all)")
@@ -241,7 +244,8 @@ def main():
     if "b" in args.parts and args.lm_problems:
         lm = lm_end_to_end(num_problems=args.lm_problems, batch=64,
                            host_problems=args.lm_host_problems,
-                           repeats=min(args.repeats, 2), seed=args.seed)
+                           repeats=min(args.repeats, 2), seed=args.seed,
+                           shrink_rows=args.lm_shrink_rows)
         results["lm_end_to_end"] = lm
         rates, speed = lm["problems_per_s"], lm["speedups"]
         print("Q* end to end (problems/s): " + ", ".join(
@@ -252,6 +256,14 @@ def main():
               f"host loop; agreement " + ", ".join(
                   f"{k} {v['rate']:.3f}" for k, v in
                   lm["agreement"].items()), flush=True)
+        if "cached_shrink_batched_vs_cached_host" in speed:
+            print("with shrinking batches: cached "
+                  f"{speed['cached_shrink_batched_vs_reencoding_batched']:.2f}x"
+                  " the full-batch re-encoding, "
+                  f"{speed['cached_shrink_batched_vs_reencoding_shrink_batched']:.2f}x"
+                  " the shrinking re-encoding, "
+                  f"{speed['cached_shrink_batched_vs_cached_host']:.2f}x the "
+                  "cached host loop", flush=True)
 
     load = os.getloadavg()
     results["machine"]["load_average_end"] = list(load)

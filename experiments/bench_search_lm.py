@@ -32,6 +32,7 @@ training) and random heads, or trained critics loaded from a directory
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -297,7 +298,7 @@ def lm_end_to_end(*, num_problems: int = 64, batch: int = 64,
                   host_problems: int | None = None, repeats: int = 2,
                   seed: int = 0, config: QStarConfig | None = None,
                   critics: tuple[Critic, Critic] | None = None,
-                  depths=(1, 4, 8)) -> dict:
+                  depths=(1, 4, 8), shrink_rows: int = 8) -> dict:
     """Runs part (b); returns its JSON section.
 
     Args:
@@ -313,6 +314,9 @@ def lm_end_to_end(*, num_problems: int = 64, batch: int = 64,
       critics: (prm, qvm); default: policy-initialised critics with random
         heads.
       depths: depths of the per-expansion cost measurement.
+      shrink_rows: when > 0, both batched paths are also timed with
+        `AStarConfig.shrink_rows` (the batch halves as rows finish, down to
+        this many rows) and compared with their full-batch runs.
     """
     config = config or default_config()
     policy, tokenizer, task_config = load_tiny_policy()
@@ -335,13 +339,20 @@ def lm_end_to_end(*, num_problems: int = 64, batch: int = 64,
         "cached": jax.jit(functools.partial(
             qstar_cached_search, path_slots=path_slots),
             static_argnames="config")}
+    configs = dict.fromkeys(searches, config)
+    if shrink_rows:
+        shrunk = dataclasses.replace(config, search=dataclasses.replace(
+            config.search, shrink_rows=shrink_rows))
+        for name in list(searches):
+            searches[f"{name}_shrink"] = searches[name]
+            configs[f"{name}_shrink"] = shrunk
 
     def run(name):
         outs = []
         for s in range(0, num_problems, batch):
             outs.append(searches[name](
                 models, tokens[s:s + batch], lengths[s:s + batch],
-                keys[s:s + batch], stop, config=config))
+                keys[s:s + batch], stop, config=configs[name]))
         return jax.block_until_ready(outs)
 
     compile_s, outs = {}, {}
@@ -413,8 +424,18 @@ def lm_end_to_end(*, num_problems: int = 64, batch: int = 64,
                 task.reward(problems[i], text) == 1.0)
         status = STATUS_NAMES[int(plain.stats.status[b])]
         statuses[status] = statuses.get(status, 0) + 1
-    for row in agreement.values():
-        row["rate"] = row["identical"] / host_problems
+    for name in searches:
+        if name.endswith("_shrink"):
+            full = outs[name[:-len("_shrink")]]
+            same = sum(_compare(outs[name][i // batch], i % batch,
+                                full[i // batch])
+                       for i in range(num_problems))
+            agreement[f"{name}_vs_full_batch"] = {
+                "identical": same, "disagreements": [], "rate": same /
+                num_problems}
+    for key, row in agreement.items():
+        if not key.endswith("_vs_full_batch"):
+            row["rate"] = row["identical"] / host_problems
 
     expansions = int(sum(int(o.stats.expansions.sum())
                          for o in outs["cached"]))
@@ -455,6 +476,7 @@ def lm_end_to_end(*, num_problems: int = 64, batch: int = 64,
                    "prompt_slots": int(tokens.shape[1]),
                    "path_slots": path_slots},
         "critics": "given" if critics else "policy-initialised, random heads",
+        "shrink_rows": shrink_rows,
         "num_problems": num_problems, "batch": batch,
         "host_problems": host_problems,
         "seconds": {
@@ -480,7 +502,19 @@ def lm_end_to_end(*, num_problems: int = 64, batch: int = 64,
             "reencoding_batched_vs_reencoding_host":
                 rates["reencoding_batched"] / rates["reencoding_host"],
             "cached_host_vs_reencoding_host":
-                rates["cached_host"] / rates["reencoding_host"]},
+                rates["cached_host"] / rates["reencoding_host"],
+            **({"cached_shrink_batched_vs_reencoding_batched":
+                rates["cached_shrink_batched"] / rates["reencoding_batched"],
+                "cached_shrink_batched_vs_reencoding_shrink_batched":
+                rates["cached_shrink_batched"]
+                / rates["reencoding_shrink_batched"],
+                "cached_shrink_batched_vs_cached_host":
+                rates["cached_shrink_batched"] / rates["cached_host"],
+                "cached_shrink_vs_cached_full_batch":
+                rates["cached_shrink_batched"] / rates["cached_batched"],
+                "reencoding_shrink_vs_reencoding_full_batch":
+                rates["reencoding_shrink_batched"]
+                / rates["reencoding_batched"]} if shrink_rows else {})},
         "tokens_encoded_per_expansion": {
             "cached": cached_tokens / expansions,
             "reencoding": reencoding_tokens / expansions},
