@@ -429,7 +429,7 @@ def _search_shrinking(init: _LoopState, keys: jax.Array, iterate,
     `lax.while_loop`; the running rows move to the front (stable), so every
     running row is in the next stage.
     """
-    full, s = init, init
+    full, s = None, init
     origin = jnp.arange(init.num_pops.shape[0])
     rows = origin.shape[0]
     while True:
@@ -441,7 +441,8 @@ def _search_shrinking(init: _LoopState, keys: jax.Array, iterate,
             return jnp.sum(s.stats.status == RUNNING) > limit
 
         s = jax.lax.while_loop(cond, lambda s, k=keys: iterate(s, k), s)
-        full = _put_rows(full, origin, s)
+        # The first stage holds every row in place: nothing to scatter.
+        full = s if full is None else _put_rows(full, origin, s)
         if last:
             return full
         order = jnp.argsort(s.stats.status != RUNNING, stable=True)[:half]
