@@ -149,12 +149,7 @@ def test_shrinking_batch_keeps_each_row_with_its_key():
     env = SyntheticEnv(seed=5, branching=3, max_depth=5, invalid_prob=0.1)
     config = AStarConfig(num_nodes=64, max_expansions=12, lam=0.5,
                          aggregation="sum")
-
-    def noisy_expand(tree, node, keys):  # Q depends on the row's key.
-        out = env.expand_fn(tree, node, keys)
-        noise = jax.vmap(lambda key: jax.random.randint(
-            key, (env.branching,), -4, 5))(keys)
-        return out._replace(q_value=out.q_value + noise / 8)
+    noisy_expand = _key_dependent_expand(env)
 
     roots = np.arange(16) * 7 + 1
     keys = jax.random.split(jax.random.key(3), 16)
@@ -209,16 +204,23 @@ def test_python_and_jax_tables_agree_bit_for_bit():
                     assert (math.isnan(py) and np.isnan(jx)) or py == jx
 
 
-def test_batch_independence_with_key_dependent_model():
-    env = SyntheticEnv(seed=5, branching=3, max_depth=5, invalid_prob=0.1)
-    config = AStarConfig(num_nodes=64, max_expansions=12, num_trajectories=2,
-                         lam=0.5, aggregation="sum")
+def _key_dependent_expand(env: SyntheticEnv):
+    """env's expansion with Q values that depend on each row's key."""
 
-    def noisy_expand(tree, node, keys):  # Q depends on the row's key.
+    def noisy_expand(tree, node, keys):
         out = env.expand_fn(tree, node, keys)
         noise = jax.vmap(lambda key: jax.random.randint(
             key, (env.branching,), -4, 5))(keys)
         return out._replace(q_value=out.q_value + noise / 8)
+
+    return noisy_expand
+
+
+def test_batch_independence_with_key_dependent_model():
+    env = SyntheticEnv(seed=5, branching=3, max_depth=5, invalid_prob=0.1)
+    config = AStarConfig(num_nodes=64, max_expansions=12, num_trajectories=2,
+                         lam=0.5, aggregation="sum")
+    noisy_expand = _key_dependent_expand(env)
 
     roots = np.array([11, 22, 33, 44, 55])
     keys = jax.random.split(jax.random.key(3), 5)
