@@ -424,6 +424,8 @@ def lm_end_to_end(*, num_problems: int = 64, batch: int = 64,
                 task.reward(problems[i], text) == 1.0)
         status = STATUS_NAMES[int(plain.stats.status[b])]
         statuses[status] = statuses.get(status, 0) + 1
+    for row in agreement.values():
+        row["rate"] = row["identical"] / host_problems
     for name in searches:
         if name.endswith("_shrink"):
             full = outs[name[:-len("_shrink")]]
@@ -431,11 +433,8 @@ def lm_end_to_end(*, num_problems: int = 64, batch: int = 64,
                                 full[i // batch])
                        for i in range(num_problems))
             agreement[f"{name}_vs_full_batch"] = {
-                "identical": same, "disagreements": [], "rate": same /
-                num_problems}
-    for key, row in agreement.items():
-        if not key.endswith("_vs_full_batch"):
-            row["rate"] = row["identical"] / host_problems
+                "identical": same, "disagreements": [],
+                "rate": same / num_problems}
 
     expansions = int(sum(int(o.stats.expansions.sum())
                          for o in outs["cached"]))
