@@ -28,7 +28,7 @@ def _inputs(rng, b, m, kv, g, hd, p0, w, t, ragged=True):
         suffix_len = np.full((b, m), t)
     return (normal(b, m, kv, g, hd), normal(b, kv, p0, hd),
             normal(b, kv, p0, hd), jnp.asarray(prompt_len, jnp.int32),
-            normal(b, w, kv, hd), normal(b, w, kv, hd),
+            normal(b, kv, w, hd), normal(b, kv, w, hd),
             jnp.asarray(path_len, jnp.int32), normal(b, m, kv, t, hd),
             normal(b, m, kv, t, hd), jnp.asarray(suffix_len, jnp.int32))
 

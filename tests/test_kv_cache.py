@@ -51,8 +51,8 @@ def _split_and_joined(rng):
     path_len = np.array([0, 9, 4])
     pk = [_normal(rng, B, KV, P0, HD) for _ in range(L)]
     pv = [_normal(rng, B, KV, P0, HD) for _ in range(L)]
-    wk = [_normal(rng, B, W, KV, HD) for _ in range(L)]
-    wv = [_normal(rng, B, W, KV, HD) for _ in range(L)]
+    wk = [_normal(rng, B, KV, W, HD) for _ in range(L)]
+    wv = [_normal(rng, B, KV, W, HD) for _ in range(L)]
     joined_k = np.zeros((L, B, KV, P0 + W, HD), np.float32)
     joined_v = np.zeros_like(joined_k)
     for layer in range(L):
@@ -61,8 +61,7 @@ def _split_and_joined(rng):
             for src, dst in ((pk, joined_k), (pv, joined_v)):
                 dst[layer, b, :, :p] = np.asarray(src[layer])[b, :, :p]
             for src, dst in ((wk, joined_k), (wv, joined_v)):
-                dst[layer, b, :, p:p + w] = np.asarray(
-                    src[layer])[b, :w].transpose(1, 0, 2)
+                dst[layer, b, :, p:p + w] = np.asarray(src[layer])[b, :, :w]
     prompt = PrefixCache(k=tuple(pk), v=tuple(pv),
                          lengths=jnp.asarray(prompt_len, jnp.int32))
     path = PathKV(k=tuple(wk), v=tuple(wv),

@@ -93,7 +93,7 @@ def tree_decode_attention(q, prompt_k, prompt_v, prompt_len, path_k, path_v,
     Args:
       q: [B, M, KV, G, hd] queries of the new tokens.
       prompt_k, prompt_v: [B, KV, P0, hd]; prompt_len: [B] int32.
-      path_k, path_v: [B, W, KV, hd]; path_len: [B] int32.
+      path_k, path_v: [B, KV, W, hd]; path_len: [B] int32.
       suffix_k, suffix_v: [B, M, KV, T, hd]; suffix_len: [B, M] int32.
       interpret: run the kernel in the Pallas interpreter (default: on
         backends other than GPU and TPU).
@@ -122,19 +122,19 @@ def tree_decode_attention(q, prompt_k, prompt_v, prompt_len, path_k, path_v,
                    _pad_axis(_pad_axis(lengths[2], 0, _pow2(b)), 1,
                              _pow2(m)))
         sizes = dict(g=_pow2(g), p=_pow2(prompt_k.shape[2]),
-                     w=_pow2(path_k.shape[1]), t=_pow2(suffix_k.shape[3]),
+                     w=_pow2(path_k.shape[2]), t=_pow2(suffix_k.shape[3]),
                      d=_pow2(hd))
         q = _pad_axis(_pad_axis(q, 3, sizes["g"]), 4, sizes["d"])
         prompt_k, prompt_v = (_pad_axis(_pad_axis(x, 2, sizes["p"]), 3,
                                         sizes["d"])
                               for x in (prompt_k, prompt_v))
-        path_k, path_v = (_pad_axis(_pad_axis(x, 1, sizes["w"]), 3,
+        path_k, path_v = (_pad_axis(_pad_axis(x, 2, sizes["w"]), 3,
                                     sizes["d"]) for x in (path_k, path_v))
         suffix_k, suffix_v = (_pad_axis(_pad_axis(x, 3, sizes["t"]), 4,
                                         sizes["d"])
                               for x in (suffix_k, suffix_v))
     gp, hdp = q.shape[3], q.shape[4]
-    p0, w, t = prompt_k.shape[2], path_k.shape[1], suffix_k.shape[3]
+    p0, w, t = prompt_k.shape[2], path_k.shape[2], suffix_k.shape[3]
     full = lambda shape: pl.BlockSpec(shape, lambda *_: (0,) * len(shape))
     out, lse = pl.pallas_call(
         functools.partial(_kernel, scale=1.0 / float(hd) ** 0.5),
@@ -146,8 +146,8 @@ def tree_decode_attention(q, prompt_k, prompt_v, prompt_len, path_k, path_v,
                          lambda i, j, k: (i, j, k, 0, 0)),
             pl.BlockSpec((None, None, p0, hdp), lambda i, j, k: (i, k, 0, 0)),
             pl.BlockSpec((None, None, p0, hdp), lambda i, j, k: (i, k, 0, 0)),
-            pl.BlockSpec((None, w, None, hdp), lambda i, j, k: (i, 0, k, 0)),
-            pl.BlockSpec((None, w, None, hdp), lambda i, j, k: (i, 0, k, 0)),
+            pl.BlockSpec((None, None, w, hdp), lambda i, j, k: (i, k, 0, 0)),
+            pl.BlockSpec((None, None, w, hdp), lambda i, j, k: (i, k, 0, 0)),
             pl.BlockSpec((None, None, None, t, hdp),
                          lambda i, j, k: (i, j, k, 0, 0)),
             pl.BlockSpec((None, None, None, t, hdp),
@@ -175,15 +175,13 @@ def tree_decode_reference(q, prompt_k, prompt_v, prompt_len, path_k, path_v,
     b, m, kv, g, hd = q.shape
     keys = jnp.concatenate([
         jnp.broadcast_to(prompt_k[:, None], (b, m) + prompt_k.shape[1:]),
-        jnp.broadcast_to(path_k.transpose(0, 2, 1, 3)[:, None],
-                         (b, m, kv) + path_k.shape[1:2] + (hd,)),
+        jnp.broadcast_to(path_k[:, None], (b, m) + path_k.shape[1:]),
         suffix_k], axis=3).astype(f32)
     values = jnp.concatenate([
         jnp.broadcast_to(prompt_v[:, None], (b, m) + prompt_v.shape[1:]),
-        jnp.broadcast_to(path_v.transpose(0, 2, 1, 3)[:, None],
-                         (b, m, kv) + path_v.shape[1:2] + (hd,)),
+        jnp.broadcast_to(path_v[:, None], (b, m) + path_v.shape[1:]),
         suffix_v], axis=3).astype(f32)
-    p0, w, t = prompt_k.shape[2], path_k.shape[1], suffix_k.shape[3]
+    p0, w, t = prompt_k.shape[2], path_k.shape[2], suffix_k.shape[3]
     visible = jnp.concatenate([
         jnp.broadcast_to(jnp.arange(p0) < prompt_len[:, None, None],
                          (b, m, p0)),

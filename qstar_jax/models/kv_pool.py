@@ -147,12 +147,12 @@ def path_index(path: jax.Array, step_lengths: jax.Array, num_slots: int,
 
 
 def gather_path(pool: ModelPool, index: PathIndex) -> PathKV:
-    """The keys/values of each row's path, [B, W, KV, hd] per layer."""
+    """The keys/values of each row's path, [B, KV, W, hd] per layer."""
     def take(x):
         b, n, t, kv, hd = x.shape
         flat = x.reshape(b, n * t, kv, hd)
         return jnp.take_along_axis(flat, index.source[:, :, None, None],
-                                   axis=1)
+                                   axis=1).transpose(0, 2, 1, 3)
     return PathKV(k=tuple(take(k) for k in pool.step_k),
                   v=tuple(take(v) for v in pool.step_v),
                   lengths=index.lengths)
@@ -163,11 +163,11 @@ def extend_path(path: PathKV, kvs: Sequence[LayerKV],
     """`path` with one more step appended to each row.
 
     Args:
-      path: [B, W, KV, hd] per layer.
+      path: [B, KV, W, hd] per layer.
       kvs: per layer the step's keys/values [B, T, KV, hd].
       lengths: [B] int32 real tokens of the step (0: nothing appended).
     """
-    b, w = path.k[0].shape[:2]
+    b, w = path.k[0].shape[0], path.k[0].shape[2]
     t = kvs[0].k.shape[1]
     pos = path.lengths[:, None] + jnp.arange(t)                  # [B, T]
     target = jnp.where((jnp.arange(t) < lengths[:, None]) & (pos < w), pos,
@@ -175,8 +175,9 @@ def extend_path(path: PathKV, kvs: Sequence[LayerKV],
     rows = jnp.arange(b)[:, None]
 
     def put(dense, new):
-        return dense.at[rows, target].set(new.astype(dense.dtype),
-                                          mode="drop")
+        # rows and target around a slice: the indexed view is [B, T, KV, hd].
+        return dense.at[rows, :, target].set(new.astype(dense.dtype),
+                                             mode="drop")
     return PathKV(k=tuple(put(d, kv.k) for d, kv in zip(path.k, kvs)),
                   v=tuple(put(d, kv.v) for d, kv in zip(path.v, kvs)),
                   lengths=jnp.minimum(path.lengths + lengths, w))

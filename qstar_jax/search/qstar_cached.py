@@ -78,7 +78,7 @@ class StagedNode(NamedTuple):
     Attributes:
       node: [B] int32 its slot (A*'s next pop).
       paths: per model (policy, PRM, QVM) its dense path keys/values
-        (ancestors' steps and its own), [B, W, KV, hd] per layer.
+        (ancestors' steps and its own), [B, KV, W, hd] per layer.
       next_hidden: [B, D] the policy's hidden state at its last token.
       step_kvs: per model, per layer, the keys/values of its own step
         ([B, T, KV, hd]), written to its slot by the next staging.
