@@ -44,6 +44,7 @@ from qstar_jax.search.qstar import QStarConfig  # noqa: E402
 from qstar_jax.sampling.proposer import ProposerConfig  # noqa: E402
 from qstar_jax.solver import (BestOfNConfig, GreedyConfig,  # noqa: E402
                               MCTSSolveConfig, SolverModels)
+from qstar_jax.search.tool_check import calculator_step_check  # noqa: E402
 from qstar_jax.tasks.arithchain import ArithChain, split_of  # noqa: E402
 from qstar_jax.tasks.tiny_critics import (build_critic,  # noqa: E402
                                           CriticSpec, load_tiny_critics)
@@ -53,6 +54,10 @@ from qstar_jax.training.trainer import TrainConfig  # noqa: E402
 
 CRITIC_ROLES = ("prm", "value", "orm", "qvm")
 PAD = 0  # The tiny tokenizer's pad id (checked in main).
+# The control's best-of-N critic, the first given of these: whole-sequence
+# scorers first (a critic that reads the policy's step log-probabilities,
+# as the shipped qvm does, cannot score whole samples).
+CONTROL_CRITICS = ("orm", "value", "prm", "qvm")
 
 MCTS = MCTSSolveConfig(answer="best_outcome", mcts=AlphaLLMConfig(
     search=MCTSConfig(num_nodes=96, num_simulations=32, max_depth=10,
@@ -84,6 +89,9 @@ class SelfImproveExperiment:
         package assets).
       zero_critics: use untrained critics (zero heads) instead: a smoke
         run of the wiring, not an experiment.
+      tool_weight: the safe calculator's penalty of a step whose written
+        arithmetic it refutes, in Q* (PRM reward and Q value) and in
+        eta-MCTS (b_tool), for search and evaluation alike (0: no tool).
       filter: the filter.
       mcts: eta-MCTS (search and evaluation).
       qstar: Q* (with --searcher qstar).
@@ -111,6 +119,7 @@ class SelfImproveExperiment:
     qvm: str = ""
     critic_dir: str = "runs/siblings/critics"
     zero_critics: bool = False
+    tool_weight: float = 0.0
     filter: FilterConfig = FilterConfig(critic="policy", threshold=-1e9,
                                         top_share=0.5, width=224)
     mcts: MCTSSolveConfig = MCTS
@@ -155,6 +164,19 @@ def imagine_fn(exp: SelfImproveExperiment, task: ArithChain, tokenizer):
     return imagine
 
 
+def with_tool(exp: SelfImproveExperiment, tokenizer) -> SelfImproveExperiment:
+    """`exp` with the calculator check in Q* and eta-MCTS where
+    `tool_weight` is set (a host callable, so not a flag itself)."""
+    if not exp.tool_weight:
+        return exp
+    check = calculator_step_check(tokenizer)
+    mcts = dataclasses.replace(exp.mcts, mcts=dataclasses.replace(
+        exp.mcts.mcts, tool_check=check, tool_weight=exp.tool_weight))
+    qstar = dataclasses.replace(exp.qstar, tool_check=check,
+                                tool_weight=exp.tool_weight)
+    return dataclasses.replace(exp, mcts=mcts, qstar=qstar)
+
+
 def load_models(exp: SelfImproveExperiment):
     policy, tokenizer, task_config = load_tiny_policy()
     fast, _, _ = load_tiny_fast_policy()
@@ -183,6 +205,8 @@ def main() -> None:
     if models.tokenizer.pad_id != exp.mcts.mcts.pad_id:
         raise SystemExit(f"mcts.mcts.pad_id must be the tokenizer's "
                          f"{models.tokenizer.pad_id}")
+    recorded = exp                  # The JSON config (tool_weight in it).
+    exp = with_tool(exp, models.tokenizer)
     if exp.searcher == "mcts":
         search = si.SearchSpec(method="mcts", config=exp.mcts,
                                batch_size=exp.search_batch)
@@ -196,7 +220,7 @@ def main() -> None:
                                 num_samples=exp.control_samples,
                                 max_tokens=96, prompt_width=96,
                                 critic=next(
-                                    role for role in CRITIC_ROLES
+                                    role for role in CONTROL_CRITICS
                                     if getattr(models, role) is not None),
                                 sampling=SamplingConfig(temperature=0.8)))
     loop = si.LoopConfig(rounds=exp.rounds, filter=exp.filter, sft=exp.sft,
@@ -243,7 +267,7 @@ def main() -> None:
                       "control (samples), eta-MCTS":
                       "control/round{r}/mcts"})
     content = results.write_results(
-        exp.results, name=exp.name, config=configs.config_to_dict(exp),
+        exp.results, name=exp.name, config=configs.config_to_dict(recorded),
         methods=methods, machine=machine,
         wall_time_s=round(time.perf_counter() - t0, 1),
         extra={"rounds": per_run,
