@@ -427,7 +427,8 @@ def _search_shrinking(init: _LoopState, keys: jax.Array, iterate,
 
     Stages are unrolled at trace time: B, B/2, ... rows, each its own
     `lax.while_loop`; the running rows move to the front (stable), so every
-    running row is in the next stage.
+    running row is in the next stage. With `min_rows` >= B there is one
+    stage: the plain loop over the whole batch.
     """
     full, s = None, init
     origin = jnp.arange(init.num_pops.shape[0])
@@ -503,16 +504,11 @@ def astar_search(expand_fn: ExpandFn, tree: Tree, keys: jax.Array, *,
         trajectory_f=jnp.full((b, m), -jnp.inf, jnp.float32),
         num_found=zeros, num_pops=zeros, stats=stats,
         pop_order=jnp.full((b, config.max_pops), -1, jnp.int32))
-    if config.shrink_rows:
-        s = _search_shrinking(
-            init, keys, lambda s, k: _iteration(s, k, expand_fn, config,
-                                                lookahead_fn),
-            config.shrink_rows)
-    else:
-        s = jax.lax.while_loop(
-            lambda s: jnp.any(s.stats.status == RUNNING),
-            lambda s: _iteration(s, keys, expand_fn, config, lookahead_fn),
-            init)
+    # shrink_rows 0: a single stage of all B rows, the plain loop.
+    s = _search_shrinking(
+        init, keys, lambda s, k: _iteration(s, k, expand_fn, config,
+                                            lookahead_fn),
+        config.shrink_rows or b)
 
     found = jnp.arange(m) < s.num_found[:, None]
     best_i = jnp.argmax(jnp.where(found, s.trajectory_f, -jnp.inf), axis=1)
