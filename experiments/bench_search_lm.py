@@ -429,12 +429,13 @@ def lm_end_to_end(*, num_problems: int = 64, batch: int = 64,
     for name in searches:
         if name.endswith("_shrink"):
             full = outs[name[:-len("_shrink")]]
-            same = sum(_compare(outs[name][i // batch], i % batch,
-                                full[i // batch])
-                       for i in range(num_problems))
+            differ = [i for i in range(num_problems)
+                      if not _compare(outs[name][i // batch], i % batch,
+                                      full[i // batch])]
             agreement[f"{name}_vs_full_batch"] = {
-                "identical": same, "disagreements": [],
-                "rate": same / num_problems}
+                "identical": num_problems - len(differ),
+                "disagreements": [{"problem": i} for i in differ],
+                "rate": 1 - len(differ) / num_problems}
 
     expansions = int(sum(int(o.stats.expansions.sum())
                          for o in outs["cached"]))
