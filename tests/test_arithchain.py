@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from qstar_jax.tasks import arithchain
 from qstar_jax.tasks.arith_tokenizer import ArithTokenizer
 from qstar_jax.tasks.arithchain import (ArithChain, ArithChainConfig, Program,
                                         make_problem, split_of,
@@ -209,3 +210,39 @@ def test_continue_written_plain_problem_by_uid():
     p = TASK.problems("train")[11]
     plain = Problem(uid=p.uid, question=p.question, answer=p.answer)
     assert TASK.continue_written(plain, []) == list(p.solution_steps)
+
+
+def test_step_templates_match_the_program_and_the_story():
+    task = ArithChain(ArithChainConfig())
+    problem = task.problems("train")[0]
+    templates = task.step_templates(problem)
+    program = task.program(problem)
+    assert len(templates) == len(program.ops)
+    for op, t in zip(program.ops, templates):
+        assert t in {"+": arithchain._ADD, "-": arithchain._SUB,
+                     "*": arithchain._MUL}[op]
+    # Every template is found across the splits.
+    seen = collections.Counter()
+    for split in ("train", "test"):
+        for i in range(300):
+            p = task.problems(split)[i]
+            seen.update(task.step_templates(p))
+    assert set(seen) == set(arithchain._ADD + arithchain._SUB
+                            + arithchain._MUL)
+
+
+def test_step_templates_tell_who_gives_to_whom():
+    task = ArithChain(ArithChainConfig())
+    story = ("Mia has 34 pens. Leo gives 12 pens to Mia. Leo has 9 cups. "
+             "Mia gives 5 pens to Sam. How many pens does Mia have now?")
+
+    def problem(ops):
+        return arithchain.ArithChainProblem(
+            uid="x", question=story, answer="41",
+            solution_steps=("34 + 12 = 46", "46 - 5 = 41", "#### 41"),
+            program=Program(start=34, ops=ops, operands=(12, 5)))
+
+    assert task.step_templates(problem(("+", "-"))) == (
+        "{x} gives {q} {o} to {p}.", "{p} gives {q} {o} to {x}.")
+    with pytest.raises(ValueError, match="parses to"):
+        task.step_templates(problem(("+", "+")))

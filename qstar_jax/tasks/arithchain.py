@@ -66,6 +66,19 @@ _DISTRACT = ("{x} has {q} {o}.", "{p} also has {q} {o}.",
 _QUESTION = ("How many {o} does {p} have now?",
              "How many {o} does {p} have in the end?")
 _TEMPLATES = {"+": _ADD, "-": _SUB, "*": _MUL}
+_TEMPLATE_OP = {t: op for op, group in _TEMPLATES.items() for t in group}
+
+
+def _template_pattern(template: str) -> re.Pattern:
+    """A template as a regex with named groups p, x (names), q, o."""
+    out = re.escape(template)
+    for field, group in (("p", r"(?P<p>\w+)"), ("x", r"(?P<x>\w+)"),
+                         ("q", r"(?P<q>\d+)"), ("o", r"(?P<o>\w+)")):
+        out = out.replace(re.escape("{" + field + "}"), group)
+    return re.compile(out)
+
+
+_TEMPLATE_PATTERNS = tuple((t, _template_pattern(t)) for t in _TEMPLATE_OP)
 _STEP = re.compile(r"\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)\s*")
 _ANSWER_LINE = re.compile(r"\s*####")
 
@@ -337,6 +350,42 @@ class ArithChain:
             return problem.program
         _, split, index = problem.uid.rsplit("-", 2)
         return make_problem(self.config, split, int(index)).program
+
+    def step_templates(self, problem: Problem) -> tuple[str, ...]:
+        """The sentence template behind each operation step, in order.
+
+        Parses the problem's story against the templates of `_ADD`, `_SUB`
+        and `_MUL` (the operation sentences name the person and the object
+        of the question; distractors never match). For analysis: which
+        sentences a policy or a critic gets wrong (the two 'gives' templates
+        differ only in who gives to whom). Never needed at search time.
+
+        Args:
+          problem: an ArithChain problem.
+
+        Returns:
+          S template strings, e.g. '{x} gives {q} {o} to {p}.' (an addition).
+
+        Raises:
+          ValueError: the story does not parse into exactly the program's
+            operations.
+        """
+        program = self.program(problem)
+        sentences = re.findall(r"[^.?]+[.?]", problem.question)
+        first = sentences[0].split()
+        person, obj = first[0], first[-1].rstrip(".")
+        out = []
+        for sentence in sentences[1:-1]:
+            for template, pattern in _TEMPLATE_PATTERNS:
+                m = pattern.fullmatch(sentence.strip())
+                if m and m["p"] == person and m["o"] == obj:
+                    out.append(template)
+                    break
+        ops = tuple(_TEMPLATE_OP[t] for t in out)
+        if ops != program.ops:
+            raise ValueError(f"{problem.uid}: story parses to {ops}, the "
+                             f"program has {program.ops}")
+        return tuple(out)
 
     def complete(self, problem: Problem,
                  steps_so_far: str | Sequence[str]) -> list[str]:
