@@ -40,9 +40,8 @@ from qstar_jax.learning.siblings import (candidate_tool_checks,
 from qstar_jax.tasks.arithchain import ArithChain
 from qstar_jax.tasks.tiny_critics import load_tiny_critics
 from qstar_jax.tasks.tiny_policy import load_tiny_policy
+from train_sibling_critics import TOOL_PENALTY
 
-TOOL_PENALTY = 1e3
-"""As in train_sibling_critics.py: a refuted step ranks below every other."""
 _STEP = re.compile(r"\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)\s*")
 
 
