@@ -273,3 +273,36 @@ def test_tool_checks_refute_wrong_written_arithmetic(arith_rollouts):
         seen.append(text) or "8" not in text))
     assert len(seen) == int(ds.cand_valid.sum())
     assert odd[0, 0].tolist() == [True, False, False]
+
+
+def test_compact_candidates_keeps_the_chosen_slots_in_order(random_critic):
+    from qstar_jax.learning.siblings import (EMPTY_SLOT, candidate_scores,
+                                             compact_candidates,
+                                             contrast_sibling_arrays)
+    task = ArithChain(ArithChainConfig(num_steps_min=3, num_steps_max=3))
+    tokenizer = ArithTokenizer(vocabulary_words())
+    data = contrast_sibling_arrays(task, tokenizer,
+                                   task.problems("train")[:4], width=128)
+    keep = np.zeros_like(data["mask"], bool)
+    keep[0, [1, 4, 5]] = True          # row 0: three slots
+    keep[1, -1] = True                 # row 1: an empty (masked-out) slot
+    keep[2, 2] = True                  # row 3 keeps nothing
+    out = compact_candidates(data, keep)
+    assert out["tokens"] is data["tokens"]
+    for i in range(4):
+        slots = [j for j in range(keep.shape[1])
+                 if keep[i, j] and data["mask"][i, j] > 0]
+        for key in ("cand_tokens", "cand_lengths", "cand_prefix",
+                    "cand_group", "targets", "mask"):
+            width = out[key].shape[1]
+            assert width == 3
+            np.testing.assert_array_equal(out[key][i, :len(slots)],
+                                          data[key][i, slots])
+            empty = out[key][i, len(slots):]
+            assert (empty == EMPTY_SLOT.get(key, 0)).all(), key
+    # Scores of the kept slots are those of the full rows.
+    critic = random_critic(tokenizer.vocab_size, 0)
+    full = np.asarray(candidate_scores(critic, data))
+    small = np.asarray(candidate_scores(critic, out))
+    np.testing.assert_allclose(small[0, :3], full[0, [1, 4, 5]], atol=1e-5)
+    np.testing.assert_allclose(small[2, :1], full[2, [2]], atol=1e-5)

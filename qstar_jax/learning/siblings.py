@@ -16,7 +16,8 @@ choice:
   (the safe calculator by default), a search-time signal to add to scores.
 * `sibling_arrays`: the trainer's data, one row per rollout, its labelled
   candidates packed into C slots with targets, a mask and the state each
-  follows (`unpack_candidates` maps per-slot values back to [R, S, K]).
+  follows (`unpack_candidates` maps per-slot values back to [R, S, K];
+  `compact_candidates` keeps a chosen subset of the slots).
 * `candidate_scores`: a critic's score of every packed candidate, the
   rollout encoded once and its candidate steps run on top of the matching
   prefix (`score_branches` with per-branch prefix lengths).
@@ -244,6 +245,44 @@ def contrast_sibling_arrays(task, tokenizer, problems, *, width: int,
             out["cand_group"][i, j] = t
             out["targets"][i, j] = label
             out["mask"][i, j] = 1.0
+    return out
+
+
+EMPTY_SLOT = {"cand_prefix": 1, "cand_group": -1, "cand_index": -1}
+"""What an empty candidate slot holds where it is not 0."""
+
+
+def compact_candidates(data: dict[str, np.ndarray],
+                       keep: np.ndarray) -> dict[str, np.ndarray]:
+    """Sibling rows with only the candidate slots of `keep`.
+
+    Kept slots move to the front of each row's candidate axis (in order),
+    which shrinks to C' = the most slots any row keeps; the rest become
+    empty slots (mask 0, `EMPTY_SLOT` fillers). Rows are kept even when
+    empty.
+
+    Args:
+      data: `sibling_arrays` or `contrast_sibling_arrays` rows: the
+        candidate fields ('cand_*' [R, C, ...], 'targets' and 'mask'
+        [R, C]) and row fields (left as they are).
+      keep: [R, C] bool, the slots to keep (only masked-in ones count).
+
+    Returns:
+      The same keys, candidate fields [R, C', ...] with C' >= 1.
+    """
+    keep = np.asarray(keep, bool) & (data["mask"] > 0)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :max(
+        1, int(keep.sum(1).max()))]
+    kept = np.take_along_axis(keep, order, 1)
+    out = dict(data)
+    for key, value in data.items():
+        if not (key.startswith("cand_") or key in ("targets", "mask")):
+            continue
+        trailing = (1,) * (value.ndim - 2)
+        moved = np.take_along_axis(
+            value, order.reshape(order.shape + trailing), 1)
+        out[key] = np.where(kept.reshape(kept.shape + trailing), moved,
+                            np.asarray(EMPTY_SLOT.get(key, 0), value.dtype))
     return out
 
 
