@@ -35,7 +35,11 @@ from __future__ import annotations
 
 import random
 import re
+from typing import Sequence
 
+import numpy as np
+
+from qstar_jax.learning.probes import sentence_end_targets
 from qstar_jax.tasks.arithchain import NAMES, OBJECTS, Program
 
 TEMPLATE_SETS = ("default", "extra")
@@ -170,6 +174,82 @@ def parse_question(text: str, *, min_steps: int = 1,
     if value is None or not min_steps <= len(ops) <= max_steps:
         return None
     return Program(start=value, ops=tuple(ops), operands=tuple(operands))
+
+
+SENTENCE_ROLES = ("+", "-", "*", "other")
+"""Classes of `sentence_roles`: the three operations, and every other
+sentence (the start, a distractor, the question)."""
+
+STORY_PROBE_CLASSES = SENTENCE_ROLES + ("person", "other person")
+"""Classes of `story_probe_targets`: a sentence's role at its last token,
+and at every name whether it is the story's person."""
+
+
+def sentence_roles(text: str) -> list[str] | None:
+    """The role of each sentence of an ArithChain question: its operation
+    ('+', '-', '*') on the question's quantity, or 'other' (the start, a
+    distractor, the question); None when the text does not parse
+    (`parse_question`).
+
+    A label maker for training (e.g. a critic's token probe): the roles
+    are what a solver reads from the story.
+    """
+    if parse_question(text, min_steps=0) is None:
+        return None
+    sentences = split_sentences(text)
+    person, obj = (_matches("start", sentences[0])[0][k] for k in "po")
+    out = ["other"]
+    for sentence in sentences[1:-1]:
+        step = _operation(sentence, person, obj)
+        out.append("other" if step is None else step[0])
+    return out + ["other"]
+
+
+def story_probe_targets(tokenizer, questions: Sequence[str],
+                        tokens: np.ndarray,
+                        prompt_lengths: np.ndarray) -> np.ndarray:
+    """Token-probe targets of ArithChain prompts (`probes.ProbedCritic`).
+
+    Two kinds of label, classes of STORY_PROBE_CLASSES: at the last token
+    of each sentence ('.' or '?') the sentence's role (`sentence_roles`),
+    and at every name token whether the name is the story's person (the
+    binding a "who gives to whom" sentence turns on: the role of such a
+    sentence is learned with it, and barely without it). Training labels
+    only: they come from the question's parse, which no search reads.
+
+    Args:
+      tokenizer: the policy's tokenizer (`encode`).
+      questions: R question texts, the prompts' stories.
+      tokens: [R, L] int32 rows that start with each encoded prompt.
+      prompt_lengths: [R] tokens of each row's prompt.
+
+    Returns:
+      [R, W] int32 targets (-1: no label), W = the longest prompt.
+
+    Raises:
+      ValueError: a question does not parse, or its prompt's sentence ends
+        do not match its sentences.
+    """
+    roles = []
+    for text in questions:
+        row = sentence_roles(text)
+        if row is None:
+            raise ValueError(f"not an ArithChain question: {text!r}")
+        roles.append([STORY_PROBE_CLASSES.index(r) for r in row])
+    ends = [tokenizer.encode(".")[0], tokenizer.encode("?")[0]]
+    out = sentence_end_targets(tokens, prompt_lengths, roles, ends)
+    # A name is one token, with or without its leading space.
+    name_of = {tokenizer.encode(prefix + name)[-1]: name
+               for name in NAMES for prefix in ("", " ")}
+    person, other = (STORY_PROBE_CLASSES.index(c)
+                     for c in ("person", "other person"))
+    for i, text in enumerate(questions):
+        story_person = _matches("start", split_sentences(text)[0])[0]["p"]
+        row = tokens[i, :prompt_lengths[i]]
+        for t in np.flatnonzero(np.isin(row, list(name_of))):
+            out[i, t] = (person if name_of[int(row[t])] == story_person
+                         else other)
+    return out
 
 
 def render_question(program: Program, rng: random.Random, *,
