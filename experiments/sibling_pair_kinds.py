@@ -13,13 +13,14 @@ sibling candidates by two things:
 
 For each group: the number of pairs and the pairwise accuracy of the
 policy's log-probability, of the safe calculator, of the two together and
-of the shipped step critic (`load_tiny_critics()['qvm']`), with and without
-the calculator. Analysis only: the templates come from the problem's story
+of each critic (the shipped step critic `load_tiny_critics()['qvm']` unless
+--critic names others), with and without the calculator. Analysis only: the templates come from the problem's story
 parsed with the task's own rules, which no search reads.
 
 Usage:
   python experiments/sibling_pair_kinds.py --run-dir runs/siblings \\
-      --out experiments/results/sibling_pair_kinds.json
+      --out experiments/results/sibling_pair_kinds.json \\
+      [--critic gives=runs/siblings/critics/pairwise_bce_gives]
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from qstar_jax.learning.siblings import (candidate_tool_checks,
                                          score_siblings, sibling_arrays,
                                          unpack_candidates)
 from qstar_jax.tasks.arithchain import ArithChain
-from qstar_jax.tasks.tiny_critics import load_tiny_critics
+from qstar_jax.tasks.tiny_critics import load_critic, load_tiny_critics
 from qstar_jax.tasks.tiny_policy import load_tiny_policy
 from train_sibling_critics import TOOL_PENALTY
 
@@ -97,10 +98,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--critic", action="append", default=[],
+                        metavar="NAME=DIR",
+                        help="a saved critic to break down (default: the "
+                             "shipped qvm)")
     args = parser.parse_args()
     _, tokenizer, task_config = load_tiny_policy()
     task = ArithChain(task_config)
-    qvm = load_tiny_critics()["qvm"]
+    critics = {name: load_critic(path) for name, _, path in
+               (c.partition("=") for c in args.critic)}
+    critics = critics or {"qvm": load_tiny_critics()["qvm"]}
     report = {"command": "python experiments/sibling_pair_kinds.py "
                          + " ".join(sys.argv[1:])}
     for name in ("valid", "test"):
@@ -111,12 +118,14 @@ def main():
         logp = np.where(ds.cand_valid, ds.cand_log_probs, 0.0)
         tool = -TOOL_PENALTY * candidate_tool_checks(tokenizer, ds)
         data = sibling_arrays(ds, labels)
-        critic = unpack_candidates(data, score_siblings(qvm, data,
-                                                        batch_size=64),
-                                   ds.cand_valid.shape)
         scores = {"policy log-probability": logp, "calculator": tool,
-                  "log-probability + calculator": logp + tool,
-                  "qvm": critic, "qvm + calculator": critic + tool}
+                  "log-probability + calculator": logp + tool}
+        for critic_name, critic in critics.items():
+            critic_scores = unpack_candidates(
+                data, score_siblings(critic, data, batch_size=64),
+                ds.cand_valid.shape)
+            scores[critic_name] = critic_scores
+            scores[f"{critic_name} + calculator"] = critic_scores + tool
         groups = collections.defaultdict(list)
         for p in pairs:
             groups[("all", "all")].append(p)

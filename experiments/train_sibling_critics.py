@@ -28,11 +28,17 @@ import sys
 import time
 
 import numpy as np
+from flax import nnx
 
+from qstar_jax.learning.arithchain_text import (STORY_PROBE_CLASSES,
+                                                story_probe_targets)
+from qstar_jax.learning.probes import (ProbedCritic, token_probe_loss,
+                                       with_token_probe)
 from qstar_jax.learning import (binary_metrics, critic_arrays, critic_loss,
                                 final_outcome_labels, load_rollouts,
                                 outcome_value_labels, step_scores)
 from qstar_jax.learning.siblings import (candidate_tool_checks,
+                                         EMPTY_SLOT, compact_candidates,
                                          contrast_sibling_arrays,
                                          pairwise_accuracy, score_siblings,
                                          sibling_arrays, sibling_loss,
@@ -125,8 +131,7 @@ def subsample(ds, labels, max_candidates: int | None, seed: int):
 def merge_arrays(parts: list[dict]) -> dict:
     """Concatenates trainer data dicts, padding every trailing axis to the
     largest part (C, L, T; packed slots with their empty-slot fillers)."""
-    fill = {"cand_prefix": 1, "cand_group": -1, "cand_index": -1,
-            "step_ends": -1}
+    fill = {**EMPTY_SLOT, "step_ends": -1, "probe_targets": -1}
     out = {}
     for k in parts[0]:
         shape = np.max([p[k].shape[1:] for p in parts], axis=0)
@@ -187,17 +192,93 @@ SYNTHETIC_OFFSET = 20_000
 """First training problem of the synthetic contrasts (after the problems of
 the train_policy and train_gold stores)."""
 
+SYNTHETIC_END = 100_000
+"""Synthetic problems stay below this index: sibling_data.py's validation
+problems (VALID_OFFSET) start here."""
 
-def synthetic_rows(num_problems: int) -> dict:
+
+GIVES = ("{x} gives {q} {o} to {p}.", "{p} gives {q} {o} to {x}.")
+"""The two sentence templates that differ only in who gives to whom."""
+
+
+def synthetic_problems(num_problems: int, *, gives_only: bool = False):
+    """(problems, gives steps) of the first `num_problems` training problems
+    from SYNTHETIC_OFFSET on (with `gives_only`, those whose story holds a
+    "gives" sentence); the steps of each problem that compute a "gives"
+    sentence come from `ArithChain.step_templates`, which labels training
+    data and is never read by a search."""
+    _, _, task_config = load_tiny_policy()
+    task = ArithChain(task_config)
+    pool, problems, gives_steps = task.problems("train"), [], []
+    index = SYNTHETIC_OFFSET
+    while len(problems) < num_problems:
+        if index >= SYNTHETIC_END:
+            raise ValueError(f"{num_problems} synthetic problems would reach "
+                             f"the validation problems ({SYNTHETIC_END}..)")
+        p = pool[index]
+        index += 1
+        steps = [t for t, template in enumerate(task.step_templates(p))
+                 if template in GIVES]
+        if steps or not gives_only:
+            problems.append(p)
+            gives_steps.append(steps)
+    return problems, gives_steps
+
+
+def probe_targets(tokenizer, task, problems, tokens) -> np.ndarray:
+    """`arithchain_text.story_probe_targets` of rows that start with the
+    problems' prompts."""
+    prompt_lengths = np.array([len(tokenizer.encode(
+        task.format_prompt(p), add_bos=True)) for p in problems])
+    return story_probe_targets(tokenizer, [p.question for p in problems],
+                               tokens, prompt_lengths)
+
+
+def synthetic_rows(num_problems: int, *, gives_only: bool = False,
+                   probe: bool = False) -> dict:
     """Gold states of fresh training problems, each gold step with its
-    flipped and miscalculated versions (`contrast_sibling_arrays`)."""
+    flipped and miscalculated versions (`contrast_sibling_arrays`).
+
+    With `gives_only`, only problems whose story holds a "gives" sentence
+    (the direction the policy misreads) and only the candidates of those
+    sentences' steps (`synthetic_problems`). With `probe`, also
+    'probe_targets' (`probe_targets`) for `probes.with_token_probe`.
+    """
     _, tokenizer, task_config = load_tiny_policy()
     task = ArithChain(task_config)
-    problems = task.problems("train")[SYNTHETIC_OFFSET:SYNTHETIC_OFFSET
-                                      + num_problems]
+    problems, gives_steps = synthetic_problems(num_problems,
+                                               gives_only=gives_only)
     data = contrast_sibling_arrays(task, tokenizer, problems, width=192)
     data["tokens"] = data["tokens"][:, :int(data["lengths"].max())]
+    if probe:
+        data["probe_targets"] = probe_targets(tokenizer, task, problems,
+                                              data["tokens"])
+    if gives_only:
+        keep = np.stack([np.isin(group, steps) for group, steps
+                         in zip(data["cand_group"], gives_steps)])
+        keep &= data["mask"] > 0
+        # At most two "gives" steps (6 candidates) a row: the branch width
+        # C is the most any row keeps, and 93% of rows keep at most 6.
+        keep &= np.cumsum(keep, axis=1) <= 6
+        data = compact_candidates(data, keep)
     return data
+
+
+def probe_rows(num_problems: int, *, gives_only: bool = False) -> dict:
+    """The probe's own training rows: the prompts of the synthetic
+    problems alone (no steps, no candidates) with their 'probe_targets'."""
+    _, tokenizer, task_config = load_tiny_policy()
+    task = ArithChain(task_config)
+    problems, _ = synthetic_problems(num_problems, gives_only=gives_only)
+    rows = [tokenizer.encode(task.format_prompt(p), add_bos=True)
+            for p in problems]
+    tokens = np.zeros((len(rows), max(map(len, rows))), np.int32)
+    for i, row in enumerate(rows):
+        tokens[i, :len(row)] = row
+    lengths = np.array([len(r) for r in rows], np.int32)
+    return {"tokens": tokens, "lengths": lengths,
+            "probe_targets": probe_targets(tokenizer, task, problems,
+                                           tokens)}
 
 
 def training_data(args, variant):
@@ -205,7 +286,9 @@ def training_data(args, variant):
     parts, count = [], 0
     for source in variant.sources:
         if source == "synthetic":
-            data = synthetic_rows(args.synthetic_problems)
+            data = synthetic_rows(args.synthetic_problems,
+                                  gives_only=args.synthetic_gives_only,
+                                  probe=args.probe_weight > 0)
             count += int(data["mask"].sum())
             parts.append(data)
             continue
@@ -224,13 +307,46 @@ def training_data(args, variant):
             parts.append(critic_arrays(ds.tokens[:, :int(ds.lengths.max())],
                                        ds.lengths, ds.step_ends, targets,
                                        mask))
+    if args.probe_weight > 0:     # Only synthetic rows have probe labels.
+        for part in parts:
+            part.setdefault("probe_targets", np.full(
+                (len(part["tokens"]), 1), -1, np.int32))
     data = merge_arrays(parts)
     if variant.labels == "siblings":
         loss = sibling_loss(variant.pointwise, variant.ranking,
                             ranking_weight=variant.ranking_weight)
     else:
         loss = critic_loss("bce")
+    if args.probe_weight > 0:
+        loss = with_token_probe(loss, args.probe_weight)
     return data, loss, count
+
+
+def pretrain_probe(args, model, out_dir: str) -> dict:
+    """Trains the probed critic's backbone and probe alone on `probe_rows`
+    (--probe-pretrain-steps, batch 64, lr --probe-lr; resumable under
+    <out_dir>/probe_checkpoints) before its critic loss; returns the
+    stage's config and last logged metrics."""
+    if not isinstance(model, ProbedCritic):
+        raise ValueError("--probe-pretrain-steps needs --probe-weight > 0")
+    data = probe_rows(args.probe_problems,
+                      gives_only=args.synthetic_gives_only)
+    config = TrainConfig(learning_rate=args.probe_lr,
+                         warmup_steps=min(50, args.probe_pretrain_steps // 5),
+                         total_steps=args.probe_pretrain_steps,
+                         batch_size=64, weight_decay=0.0,
+                         checkpoint_every=100, max_checkpoints=2,
+                         log_every=25, seed=args.seed)
+    result = train(model, data, token_probe_loss, config,
+                   checkpoint_dir=os.path.join(out_dir,
+                                               "probe_checkpoints"),
+                   resume=True,
+                   log_path=os.path.join(out_dir, "probe_log.jsonl"))
+    last = result.history[-1] if result.history else {}
+    return {"steps": args.probe_pretrain_steps, "problems": len(
+        data["tokens"]), "lr": args.probe_lr, "batch_size": 64,
+        "last": {k: last[k] for k in ("step", "probe_loss",
+                                       "probe_accuracy") if k in last}}
 
 
 def train_variant(args, name, variant, policy, valid, test) -> dict:
@@ -241,9 +357,16 @@ def train_variant(args, name, variant, policy, valid, test) -> dict:
             return json.load(f)
     data, loss, count = training_data(args, variant)
     critic = build_critic(variant.spec, policy, seed=args.seed)
+    # With a token probe the trainer trains critic and probe as one
+    # module; the critic is kept and saved without the probe.
+    model = (ProbedCritic(critic, num_classes=len(STORY_PROBE_CLASSES),
+                          rngs=nnx.Rngs(args.seed))
+             if args.probe_weight > 0 else critic)
+    probe_record = (pretrain_probe(args, model, out_dir)
+                    if args.probe_pretrain_steps else None)
     epoch = max(1, len(data["tokens"]) // args.batch_size)
     steps = max(1, round(variant.epochs * epoch))
-    every = max(1, min(epoch, steps) // 2)    # At least two evaluations.
+    every = args.eval_every or max(1, min(epoch, steps) // 2)
     config = TrainConfig(learning_rate=variant.lr,
                          warmup_steps=min(50, steps // 5), total_steps=steps,
                          batch_size=args.batch_size, weight_decay=0.0,
@@ -261,19 +384,20 @@ def train_variant(args, name, variant, policy, valid, test) -> dict:
         def measure(model, split, **kw):
             return rollout_metrics(model, split[1], variant.labels)
 
-    def eval_fn(model):
-        return {metric: measure(model, valid)[metric]}
+    def eval_fn(trained):
+        return {metric: measure(getattr(trained, "critic", trained),
+                                valid)[metric]}
 
     ckpt = os.path.join(out_dir, "checkpoints")
     log = os.path.join(out_dir, "log.jsonl")
     t0 = time.time()
-    train(critic, data, loss, config, checkpoint_dir=ckpt, resume=True,
+    train(model, data, loss, config, checkpoint_dir=ckpt, resume=True,
           eval_fn=eval_fn, eval_every=every, log_path=log)
     with open(log) as f:
         records = [json.loads(line) for line in f]
     evals = [r for r in records if f"eval/{metric}" in r]
     best = max(evals, key=lambda r: (r[f"eval/{metric}"], -r["step"]))
-    restore_params(critic, ckpt, best["step"], config)
+    restore_params(model, ckpt, best["step"], config)
     round_to_stored(critic)
     v = measure(critic, valid)
     t = measure(critic, test, beta_from=v.get("beta"))
@@ -283,6 +407,8 @@ def train_variant(args, name, variant, policy, valid, test) -> dict:
                        "ranking": variant.ranking,
                        "ranking_weight": variant.ranking_weight},
               "sources": list(variant.sources), "lr": variant.lr,
+              "probe_weight": args.probe_weight,
+              "probe_pretraining": probe_record,
               "epochs": variant.epochs, "train_rows": len(data["tokens"]),
               "train_labels": count, "steps": steps,
               "selected_step": best["step"], "selected_by": metric,
@@ -415,6 +541,24 @@ def main():
                         help="override the variants' training data")
     parser.add_argument("--synthetic-problems", type=int, default=8192,
                         help="problems of the 'synthetic' source")
+    parser.add_argument("--synthetic-gives-only", action="store_true",
+                        help="synthetic problems only where the story holds "
+                             "a 'gives' sentence")
+    parser.add_argument("--probe-weight", type=float, default=0.0,
+                        help="train a token probe of the story (each "
+                             "sentence's role, each name: the person or "
+                             "not) beside the critic with this weight "
+                             "(synthetic rows only; 0: none)")
+    parser.add_argument("--probe-pretrain-steps", type=int, default=0,
+                        help="first train the probe and backbone alone for "
+                             "this many steps on the synthetic problems' "
+                             "prompts (needs --probe-weight)")
+    parser.add_argument("--probe-problems", type=int, default=40000,
+                        help="problems of the probe's pretraining rows")
+    parser.add_argument("--probe-lr", type=float, default=2e-3)
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="validation (and checkpoint) every this many "
+                             "steps (0: every half epoch, at least twice)")
     parser.add_argument("--lr", type=float, default=None,
                         help="override the variants' peak learning rate")
     parser.add_argument("--epochs", type=float, default=None,
