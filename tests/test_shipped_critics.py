@@ -21,7 +21,8 @@ from qstar_jax.learning.siblings import (pairwise_accuracy, score_siblings,
                                          unpack_candidates)
 from qstar_jax.tasks.tiny_critics import ASSET_DIR, load_tiny_critics
 
-SHIPPED = {"qvm": "siblings", "value": "value", "orm": "outcome"}
+SHIPPED = {"qvm": "siblings", "qvm_evidence": "siblings", "value": "value",
+           "orm": "outcome"}
 """Shipped critic -> what its recorded sample measures."""
 
 SIBLING_FIELDS = ("tokens", "lengths", "cand_tokens", "cand_lengths",

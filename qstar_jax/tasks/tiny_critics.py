@@ -16,10 +16,15 @@ directory:
 The shipped critics are in `qstar_jax/assets/tiny_critics/<name>/`;
 `load_tiny_critics()` returns them by name with no training:
 
-* 'qvm': Q(s, a) of a candidate step, an evidence critic (it also reads the
-  step's policy log-probability; `score_branches(branch_log_probs=...)`),
-  trained with BCE + a listwise ranking loss over sibling steps (Q*'s g
-  and h);
+* 'qvm': Q(s, a) of a candidate step (probabilities; Q*'s g and h),
+  trained with BCE + a pairwise ranking loss on synthetic sibling
+  contrasts of the "gives" sentences, beside a token probe of the story
+  (`learning.probes`) that taught its backbone who the story's person is;
+  it ranks the policy's own "who gives to whom" siblings at 0.97-0.99 and
+  leaves arithmetic slips to the calculator;
+* 'qvm_evidence': the earlier Q(s, a), an evidence critic (it also reads
+  the step's policy log-probability; `score_branches(branch_log_probs=
+  ...)`), trained with BCE + a listwise ranking loss over sibling steps;
 * 'value': V(s), the probability that a rollout from s ends right (eta-MCTS);
 * 'orm': the probability that a finished solution is right (eta-MCTS's
   fast-rollout ORM, best-of-N reranking).
