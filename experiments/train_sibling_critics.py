@@ -485,6 +485,11 @@ def ship(args, pairs: list[str], test) -> None:
                             + args.run_dir,
             "train_command": result["command"],
             "result": result})
+        probe_path = os.path.join(src, "probe_log.jsonl")
+        if os.path.exists(probe_path):      # The probe's own stage.
+            with open(probe_path) as f:
+                result = {**result, "probe_curve": [json.loads(line)
+                                                    for line in f]}
         log = {"result": result, "curve": curve,
                "heldout_sample": {"rollouts": SAMPLE_ROLLOUTS,
                                   "file": "../heldout_sample.npz",
