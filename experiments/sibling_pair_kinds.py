@@ -14,8 +14,9 @@ sibling candidates by two things:
 For each group: the number of pairs and the pairwise accuracy of the
 policy's log-probability, of the safe calculator, of the two together and
 of each critic (the shipped step critic `load_tiny_critics()['qvm']` unless
---critic names others), with and without the calculator. Analysis only: the templates come from the problem's story
-parsed with the task's own rules, which no search reads.
+--critic names others), with and without the calculator. Analysis only:
+the templates come from the problem's story parsed with the task's own
+rules, which no search reads.
 
 Usage:
   python experiments/sibling_pair_kinds.py --run-dir runs/siblings \\

@@ -225,11 +225,13 @@ def synthetic_problems(num_problems: int, *, gives_only: bool = False):
     return problems, gives_steps
 
 
-def probe_targets(tokenizer, task, problems, tokens) -> np.ndarray:
+def probe_targets(tokenizer, task, problems, tokens,
+                  prompt_lengths=None) -> np.ndarray:
     """`arithchain_text.story_probe_targets` of rows that start with the
-    problems' prompts."""
-    prompt_lengths = np.array([len(tokenizer.encode(
-        task.format_prompt(p), add_bos=True)) for p in problems])
+    problems' prompts (their token counts encoded here unless given)."""
+    if prompt_lengths is None:
+        prompt_lengths = np.array([len(tokenizer.encode(
+            task.format_prompt(p), add_bos=True)) for p in problems])
     return story_probe_targets(tokenizer, [p.question for p in problems],
                                tokens, prompt_lengths)
 
@@ -278,7 +280,7 @@ def probe_rows(num_problems: int, *, gives_only: bool = False) -> dict:
     lengths = np.array([len(r) for r in rows], np.int32)
     return {"tokens": tokens, "lengths": lengths,
             "probe_targets": probe_targets(tokenizer, task, problems,
-                                           tokens)}
+                                           tokens, lengths)}
 
 
 def training_data(args, variant):
@@ -327,8 +329,6 @@ def pretrain_probe(args, model, out_dir: str) -> dict:
     (--probe-pretrain-steps, batch 64, lr --probe-lr; resumable under
     <out_dir>/probe_checkpoints) before its critic loss; returns the
     stage's config and last logged metrics."""
-    if not isinstance(model, ProbedCritic):
-        raise ValueError("--probe-pretrain-steps needs --probe-weight > 0")
     data = probe_rows(args.probe_problems,
                       gives_only=args.synthetic_gives_only)
     config = TrainConfig(learning_rate=args.probe_lr,
@@ -579,6 +579,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.probe_pretrain_steps and not args.probe_weight > 0:
+        parser.error("--probe-pretrain-steps needs --probe-weight > 0")
     policy, _, _ = load_tiny_policy()
     valid, test = (eval_store(args.run_dir, n) for n in ("valid", "test"))
     out_path = args.out or os.path.join(args.run_dir, "sibling_results.json")

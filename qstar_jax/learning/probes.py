@@ -73,9 +73,8 @@ def token_probe_loss(model: ProbedCritic, batch: dict
                      ) -> tuple[jax.Array, dict]:
     """(mean cross-entropy, metrics) of the probe at labelled tokens.
 
-    Only the first `probe_width` tokens of each row are encoded when the
-    batch says so (the labels sit in the prompt): 'probe_targets' [R, L']
-    with L' <= L fixes that width.
+    Only the first L' tokens of each row are encoded, L' the width of
+    'probe_targets' (the labels sit in the prompt, L' <= L).
 
     Args:
       model: the probed critic.

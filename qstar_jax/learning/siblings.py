@@ -118,6 +118,10 @@ def candidate_tool_checks(tokenizer, ds: RolloutDataset,
     return refuted
 
 
+EMPTY_SLOT = {"cand_prefix": 1, "cand_group": -1, "cand_index": -1}
+"""What an empty candidate slot holds where it is not 0."""
+
+
 def sibling_arrays(ds: RolloutDataset,
                    labels: np.ndarray) -> dict[str, np.ndarray]:
     """The trainer's data dict for sibling-contrast critic training.
@@ -159,9 +163,7 @@ def sibling_arrays(ds: RolloutDataset,
         "lengths": ds.lengths[rows].astype(np.int32),
         "cand_tokens": np.zeros((n, c, t_width), np.int32),
         "cand_lengths": np.zeros((n, c), np.int32),
-        "cand_prefix": np.ones((n, c), np.int32),
-        "cand_group": np.full((n, c), -1, np.int32),
-        "cand_index": np.full((n, c), -1, np.int32),
+        **{k: np.full((n, c), v, np.int32) for k, v in EMPTY_SLOT.items()},
         "cand_log_probs": np.zeros((n, c), np.float32),
         "targets": np.zeros((n, c), np.float32),
         "mask": np.zeros((n, c), np.float32),
@@ -230,8 +232,8 @@ def contrast_sibling_arrays(task, tokenizer, problems, *, width: int,
            "lengths": np.zeros(n, np.int32),
            "cand_tokens": np.zeros((n, c, t_width), np.int32),
            "cand_lengths": np.zeros((n, c), np.int32),
-           "cand_prefix": np.ones((n, c), np.int32),
-           "cand_group": np.full((n, c), -1, np.int32),
+           "cand_prefix": np.full((n, c), EMPTY_SLOT["cand_prefix"], np.int32),
+           "cand_group": np.full((n, c), EMPTY_SLOT["cand_group"], np.int32),
            "cand_log_probs": np.zeros((n, c), np.float32),
            "targets": np.zeros((n, c), np.float32),
            "mask": np.zeros((n, c), np.float32)}
@@ -246,10 +248,6 @@ def contrast_sibling_arrays(task, tokenizer, problems, *, width: int,
             out["targets"][i, j] = label
             out["mask"][i, j] = 1.0
     return out
-
-
-EMPTY_SLOT = {"cand_prefix": 1, "cand_group": -1, "cand_index": -1}
-"""What an empty candidate slot holds where it is not 0."""
 
 
 def compact_candidates(data: dict[str, np.ndarray],
