@@ -1,0 +1,173 @@
+"""Which searched data moves the greedy policy: an analysis of one round.
+
+Fine-tunes the shipped tiny policy, with one round's SFT settings, on
+selections of that round's data and measures greedy accuracy on the first
+`eval_greedy` held-out test problems after each. The selections read the
+round's answer key, so none is a filter the loop could use; they say what
+the loop's data would give if a filter were perfect, and what gold
+solutions of the same prompts give:
+
+* kept_correct: the kept trajectories whose answer is right;
+* corrective: searched trajectories that are right where the starting
+  policy's greedy answer (computed here) is wrong;
+* gold_kept_prompts: the gold solutions of the kept prompts (same prompts
+  and count as the kept data; the texts from the questions' programs);
+* gold_fresh: the gold solutions of `fresh` training problems of the
+  default task drawn at random (not among the defaults of `selections`).
+
+Usage (the README's run, on round 1 of the Q* run with the story QVM):
+  python experiments/self_improve_data.py \
+      --round_dir runs/self_improve_qstar_story/search/round_1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import random
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flax import nnx  # noqa: E402
+
+from qstar_jax import configs, results  # noqa: E402
+from qstar_jax.learning import imagination as im  # noqa: E402
+from qstar_jax.learning.arithchain_text import parse_question  # noqa: E402
+from qstar_jax.learning.self_improve import (read_trajectories,  # noqa
+                                             sft_examples)
+from qstar_jax.learning.trajectory_filter import (Trajectory,  # noqa
+                                                  search_prompts)
+from qstar_jax.solver import GreedyConfig, SolverModels, solve  # noqa: E402
+from qstar_jax.tasks.arithchain import ArithChain  # noqa: E402
+from qstar_jax.tasks.tiny_policy import load_tiny_policy  # noqa: E402
+from qstar_jax.training.losses import sft_loss  # noqa: E402
+from qstar_jax.training.trainer import TrainConfig, train  # noqa: E402
+
+SELECTIONS = ("kept_correct", "corrective", "gold_kept_prompts")
+OPTIONAL = ("gold_fresh",)
+GREEDY = GreedyConfig(max_tokens=96, prompt_width=96)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataProbe:
+    """Settings (one flag per field).
+
+    Attributes:
+      round_dir: a loop round's directory (prompts, answer key,
+        trajectories, kept data).
+      selections: which selections to train on (of SELECTIONS and
+        OPTIONAL).
+      fresh: training problems for gold_fresh.
+      seed: the draw of gold_fresh's problems.
+      sft: the SFT run (the loop's round settings).
+      eval_greedy: held-out test problems for greedy accuracy.
+      results: the results JSON (the rows of an earlier run whose
+        settings differ only in `selections` are kept, so selections can be
+        run one at a time).
+    """
+
+    round_dir: str = "runs/self_improve_qstar_story/search/round_1"
+    selections: tuple[str, ...] = SELECTIONS
+    sft: TrainConfig = TrainConfig(learning_rate=1e-3, warmup_steps=10,
+                                   total_steps=250, batch_size=32,
+                                   weight_decay=0.05, log_every=50)
+    fresh: int = 1536
+    seed: int = 0
+    eval_greedy: int = 1000
+    results: str = "experiments/results/self_improve_data.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    configs.add_config_flags(parser, DataProbe())
+    probe = configs.config_from_args(DataProbe(), parser.parse_args())
+    unknown = set(probe.selections) - set(SELECTIONS + OPTIONAL)
+    if unknown:
+        raise SystemExit(f"unknown selections {sorted(unknown)}; use "
+                         f"{SELECTIONS + OPTIONAL}")
+    machine = results.machine_info()
+    t0 = time.perf_counter()
+    policy, tokenizer, task_config = load_tiny_policy()
+    task = ArithChain(task_config)
+    models = SolverModels(policy=policy, tokenizer=tokenizer, add_bos=True)
+    test = task.problems("test")[:probe.eval_greedy]
+    answers = im.read_answers(probe.round_dir)
+    prompts = im.read_prompts(probe.round_dir)
+    searched = read_trajectories(os.path.join(probe.round_dir,
+                                              "trajectories.jsonl"))
+    kept = read_trajectories(os.path.join(probe.round_dir, "kept.jsonl"))
+
+    def right(t):
+        return t.finished and t.answer == answers.get(t.uid)
+
+    greedy = {t.uid: t.answer for t in search_prompts(
+        task, prompts, method="greedy", models=models, config=GREEDY,
+        key=0, batch_size=100, progress=False)}
+    data = {
+        "kept_correct": [t for t in kept if right(t)],
+        "corrective": [t for t in searched
+                       if right(t) and greedy[t.uid] != answers[t.uid]],
+        "gold_kept_prompts": [dataclasses.replace(
+            t, text="\n".join(parse_question(t.question).steps()))
+            for t in kept]}
+    if "gold_fresh" in probe.selections:
+        pool = task.problems("train")
+        picks = random.Random(f"fresh:{probe.seed}").sample(
+            range(len(pool)), probe.fresh)
+        data["gold_fresh"] = [Trajectory(
+            uid=f"fresh-{i}", question=pool[i].question,
+            text=task.format_solution(pool[i]), finished=True,
+            answer=pool[i].answer)
+            for i in picks]
+
+    def greedy_summary(model):
+        report = solve(task, test, method="greedy", models=dataclasses.replace(
+            models, policy=model), config=GREEDY, key=0, batch_size=100,
+            progress=False)
+        return report.summary
+
+    methods = {"shipped policy": greedy_summary(policy)}
+    config = configs.config_to_dict(probe)
+    if os.path.exists(probe.results):   # An earlier run's rows, kept when
+        earlier = results.read_results(probe.results)   # only `selections`
+        same = ("selections", "results")                # differ.
+        if ({k: v for k, v in earlier["config"].items() if k not in same}
+                == {k: v for k, v in config.items() if k not in same}):
+            methods.update({k: v for k, v in earlier["methods"].items()
+                            if k in SELECTIONS + OPTIONAL})
+    kept_uids = {t.uid for t in kept}
+
+    def greedy_right(uids):
+        return sum(greedy[u] == answers[u] for u in uids)
+
+    counts = {"prompts": len(prompts), "searched_right": sum(
+        map(right, searched)), "kept": len(kept),
+        "greedy_right_on_prompts": greedy_right(p.uid for p in prompts),
+        "greedy_right_on_kept_prompts": greedy_right(kept_uids)}
+    for name in probe.selections:
+        if not data[name]:
+            print(f"{name}: no examples, not trained", flush=True)
+            continue
+        arrays, _ = sft_examples(task, tokenizer, data[name], [], share=0.0,
+                                 seed=0, max_len=192)
+        trained = train(nnx.clone(policy), arrays, sft_loss, probe.sft,
+                        progress=True).model
+        methods[name] = dict(greedy_summary(trained),
+                             examples=len(data[name]))
+        print(name, len(data[name]), f"{methods[name]['accuracy']:.3f}",
+              flush=True)
+    content = results.write_results(
+        probe.results, name="self_improve_data",
+        config=config, methods=methods,
+        machine=machine, wall_time_s=round(time.perf_counter() - t0, 1),
+        extra={"counts": counts,
+               "note": f"greedy on test[:{probe.eval_greedy}] after SFT of "
+                       "the shipped policy on each selection"})
+    print(results.markdown_table(content))
+
+
+if __name__ == "__main__":
+    main()
