@@ -15,6 +15,12 @@ solutions of the same prompts give:
 * gold_fresh: the gold solutions of `fresh` training problems of the
   default task drawn at random (not among the defaults of `selections`).
 
+With `--filters true` it also reports each filter's precision on the
+round's finished trajectories (the share right among the best scored
+quarter, half, three quarters and all) for the policy's mean
+log-probability and the shipped critics (value, ORM, and the story-probed
+QVM read as a PRM: its min, sum or last step score).
+
 Usage (the README's run, on round 1 of the Q* run with the story QVM):
   python experiments/self_improve_data.py \
       --round_dir runs/self_improve_qstar_story/search/round_1
@@ -38,10 +44,12 @@ from qstar_jax.learning import imagination as im  # noqa: E402
 from qstar_jax.learning.arithchain_text import parse_question  # noqa: E402
 from qstar_jax.learning.self_improve import (read_trajectories,  # noqa
                                              sft_examples)
-from qstar_jax.learning.trajectory_filter import (Trajectory,  # noqa
-                                                  search_prompts)
+from qstar_jax.learning.trajectory_filter import (  # noqa: E402
+    FilterConfig, Trajectory, filter_precision, score_trajectories,
+    search_prompts)
 from qstar_jax.solver import GreedyConfig, SolverModels, solve  # noqa: E402
 from qstar_jax.tasks.arithchain import ArithChain  # noqa: E402
+from qstar_jax.tasks.tiny_critics import load_tiny_critics  # noqa: E402
 from qstar_jax.tasks.tiny_policy import load_tiny_policy  # noqa: E402
 from qstar_jax.training.losses import sft_loss  # noqa: E402
 from qstar_jax.training.trainer import TrainConfig, train  # noqa: E402
@@ -49,6 +57,11 @@ from qstar_jax.training.trainer import TrainConfig, train  # noqa: E402
 SELECTIONS = ("kept_correct", "corrective", "gold_kept_prompts")
 OPTIONAL = ("gold_fresh",)
 GREEDY = GreedyConfig(max_tokens=96, prompt_width=96)
+# (critic field, aggregation) of each filter compared; 'prm' is the shipped
+# story-probed QVM.
+FILTERS = (("policy", "min"), ("value", "min"), ("orm", "min"),
+           ("prm", "min"), ("prm", "sum"), ("prm", "last"))
+SHARES = (1.0, 0.75, 0.5, 0.25)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,13 +73,14 @@ class DataProbe:
         trajectories, kept data).
       selections: which selections to train on (of SELECTIONS and
         OPTIONAL).
+      filters: also compare the filters' precision on the round.
       fresh: training problems for gold_fresh.
       seed: the draw of gold_fresh's problems.
       sft: the SFT run (the loop's round settings).
       eval_greedy: held-out test problems for greedy accuracy.
-      results: the results JSON (the rows of an earlier run whose
-        settings differ only in `selections` are kept, so selections can be
-        run one at a time).
+      results: the results JSON (the rows of an earlier run with the same
+        round_dir, sft and eval_greedy, and for gold_fresh the same fresh
+        and seed, are kept, so selections can be run one at a time).
     """
 
     round_dir: str = "runs/self_improve_qstar_story/search/round_1"
@@ -74,10 +88,41 @@ class DataProbe:
     sft: TrainConfig = TrainConfig(learning_rate=1e-3, warmup_steps=10,
                                    total_steps=250, batch_size=32,
                                    weight_decay=0.05, log_every=50)
+    filters: bool = False
     fresh: int = 1536
     seed: int = 0
     eval_greedy: int = 1000
     results: str = "experiments/results/self_improve_data.json"
+
+
+def filter_table(task, models: SolverModels, trajectories, answers
+                 ) -> dict[str, dict[str, float]]:
+    """'critic/aggregation' -> {share: precision of the best scored share}
+    over the finished trajectories (reads the answer key: analysis)."""
+    finished = [t for t in trajectories if t.finished]
+    table = {}
+    for critic, aggregation in FILTERS:
+        scored = score_trajectories(task, finished, models=models,
+                                    config=FilterConfig(
+                                        critic=critic,
+                                        aggregation=aggregation,
+                                        threshold=-1e9))
+        scored = sorted((t for t in scored if t.score is not None),
+                        key=lambda t: -t.score)
+        table[f"{critic}/{aggregation}"] = {
+            str(share): filter_precision(
+                scored[:int(round(share * len(scored)))], answers,
+                task)["precision"] for share in SHARES}
+    return table
+
+
+def _same_row_settings(selection: str, earlier: dict, now: dict) -> bool:
+    """Whether an earlier run's row of `selection` was made with the
+    settings of this run (configs as `configs.config_to_dict` gives them)."""
+    keys = ("round_dir", "sft", "eval_greedy")
+    if selection in OPTIONAL:
+        keys += ("fresh", "seed")
+    return all(earlier.get(k) == now[k] for k in keys)
 
 
 def main() -> None:
@@ -93,6 +138,11 @@ def main() -> None:
     policy, tokenizer, task_config = load_tiny_policy()
     task = ArithChain(task_config)
     models = SolverModels(policy=policy, tokenizer=tokenizer, add_bos=True)
+    if probe.filters:
+        critics = load_tiny_critics(("qvm", "value", "orm"))
+        models = dataclasses.replace(models, prm=critics["qvm"],
+                                     value=critics["value"],
+                                     orm=critics["orm"])
     test = task.problems("test")[:probe.eval_greedy]
     answers = im.read_answers(probe.round_dir)
     prompts = im.read_prompts(probe.round_dir)
@@ -131,13 +181,11 @@ def main() -> None:
 
     methods = {"shipped policy": greedy_summary(policy)}
     config = configs.config_to_dict(probe)
-    if os.path.exists(probe.results):   # An earlier run's rows, kept when
-        earlier = results.read_results(probe.results)   # only `selections`
-        same = ("selections", "results")                # differ.
-        if ({k: v for k, v in earlier["config"].items() if k not in same}
-                == {k: v for k, v in config.items() if k not in same}):
-            methods.update({k: v for k, v in earlier["methods"].items()
-                            if k in SELECTIONS + OPTIONAL})
+    if os.path.exists(probe.results):
+        earlier = results.read_results(probe.results)
+        methods.update({k: v for k, v in earlier["methods"].items()
+                        if k in SELECTIONS + OPTIONAL
+                        and _same_row_settings(k, earlier["config"], config)})
     kept_uids = {t.uid for t in kept}
 
     def greedy_right(uids):
@@ -164,9 +212,14 @@ def main() -> None:
         config=config, methods=methods,
         machine=machine, wall_time_s=round(time.perf_counter() - t0, 1),
         extra={"counts": counts,
+               "filters": (filter_table(task, models, searched, answers)
+                           if probe.filters else None),
                "note": f"greedy on test[:{probe.eval_greedy}] after SFT of "
                        "the shipped policy on each selection"})
     print(results.markdown_table(content))
+    for name, row in (content["extra"]["filters"] or {}).items():
+        print(name, {k: None if v is None else round(v, 3)
+                     for k, v in row.items()})
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def test_selections_counts_and_merged_rows(tmp_path):
     common = ("--round_dir", round_dir, "--results", out, "--eval_greedy",
               "8", "--sft.total_steps", "10", "--sft.batch_size", "4")
     _run(*common, "--selections", "kept_correct,corrective")
-    _run(*common, "--selections", "gold_kept_prompts")
+    _run(*common, "--selections", "gold_kept_prompts", "--filters", "true")
     with open(out) as f:
         content = json.load(f)
     methods, counts = content["methods"], content["extra"]["counts"]
@@ -65,6 +65,10 @@ def test_selections_counts_and_merged_rows(tmp_path):
     else:
         assert "corrective" not in methods
     assert methods["gold_kept_prompts"]["examples"] == 4
+    # Every trajectory is finished and three of six are right.
+    filters = content["extra"]["filters"]
+    assert len(filters) == 6
+    assert all(row["1.0"] == 0.5 for row in filters.values())
     for name in ("shipped policy", "kept_correct", "gold_kept_prompts"):
         assert methods[name]["n"] == 8
         assert 0.0 <= methods[name]["accuracy"] <= 1.0
