@@ -23,7 +23,7 @@ QVM read as a PRM: its min, sum or last step score).
 
 Usage (the README's run, on round 1 of the Q* run with the story QVM):
   python experiments/self_improve_data.py \
-      --round_dir runs/self_improve_qstar_story/search/round_1
+      --round_dir runs/self_improve_qstar_story/search/round_1 --filters true
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ class DataProbe:
         trajectories, kept data).
       selections: which selections to train on (of SELECTIONS and
         OPTIONAL).
-      filters: also compare the filters' precision on the round.
+      filters: also compare the filters' precision on the round (without
+        it, an earlier run's table of the same round is kept).
       fresh: training problems for gold_fresh.
       seed: the draw of gold_fresh's problems.
       sft: the SFT run (the loop's round settings).
@@ -181,8 +182,11 @@ def main() -> None:
 
     methods = {"shipped policy": greedy_summary(policy)}
     config = configs.config_to_dict(probe)
+    filters = None
     if os.path.exists(probe.results):
         earlier = results.read_results(probe.results)
+        if earlier["config"].get("round_dir") == probe.round_dir:
+            filters = earlier["extra"].get("filters")
         methods.update({k: v for k, v in earlier["methods"].items()
                         if k in SELECTIONS + OPTIONAL
                         and _same_row_settings(k, earlier["config"], config)})
@@ -213,7 +217,7 @@ def main() -> None:
         machine=machine, wall_time_s=round(time.perf_counter() - t0, 1),
         extra={"counts": counts,
                "filters": (filter_table(task, models, searched, answers)
-                           if probe.filters else None),
+                           if probe.filters else filters),
                "note": f"greedy on test[:{probe.eval_greedy}] after SFT of "
                        "the shipped policy on each selection"})
     print(results.markdown_table(content))
