@@ -45,8 +45,8 @@ from qstar_jax.learning.arithchain_text import parse_question  # noqa: E402
 from qstar_jax.learning.self_improve import (read_trajectories,  # noqa
                                              sft_examples)
 from qstar_jax.learning.trajectory_filter import (  # noqa: E402
-    FilterConfig, Trajectory, filter_precision, score_trajectories,
-    search_prompts)
+    FilterConfig, Trajectory, filter_precision, is_right,
+    score_trajectories, search_prompts)
 from qstar_jax.solver import GreedyConfig, SolverModels, solve  # noqa: E402
 from qstar_jax.tasks.arithchain import ArithChain  # noqa: E402
 from qstar_jax.tasks.tiny_critics import load_tiny_critics  # noqa: E402
@@ -152,15 +152,16 @@ def main() -> None:
     kept = read_trajectories(os.path.join(probe.round_dir, "kept.jsonl"))
 
     def right(t):
-        return t.finished and t.answer == answers.get(t.uid)
+        return (t.finished and answers.get(t.uid) is not None
+                and is_right(t, answers[t.uid], task))
 
-    greedy = {t.uid: t.answer for t in search_prompts(
+    greedy_right = {t.uid: right(t) for t in search_prompts(
         task, prompts, method="greedy", models=models, config=GREEDY,
         key=0, batch_size=100, progress=False)}
     data = {
         "kept_correct": [t for t in kept if right(t)],
         "corrective": [t for t in searched
-                       if right(t) and greedy[t.uid] != answers[t.uid]],
+                       if right(t) and not greedy_right[t.uid]],
         "gold_kept_prompts": [dataclasses.replace(
             t, text="\n".join(parse_question(t.question).steps()))
             for t in kept]}
@@ -190,15 +191,11 @@ def main() -> None:
         methods.update({k: v for k, v in earlier["methods"].items()
                         if k in SELECTIONS + OPTIONAL
                         and _same_row_settings(k, earlier["config"], config)})
-    kept_uids = {t.uid for t in kept}
-
-    def greedy_right(uids):
-        return sum(greedy[u] == answers[u] for u in uids)
-
     counts = {"prompts": len(prompts), "searched_right": sum(
         map(right, searched)), "kept": len(kept),
-        "greedy_right_on_prompts": greedy_right(p.uid for p in prompts),
-        "greedy_right_on_kept_prompts": greedy_right(kept_uids)}
+        "greedy_right_on_prompts": sum(greedy_right.values()),
+        "greedy_right_on_kept_prompts": sum(greedy_right[t.uid]
+                                            for t in kept)}
     for name in probe.selections:
         if not data[name]:
             print(f"{name}: no examples, not trained", flush=True)

@@ -15,9 +15,10 @@ field), so no gold answer can reach them:
 * `filter_trajectories`: the kept trajectories: finished, with an answer
   the task can read, and a score at or above the threshold.
 
-`filter_precision` is the only function here that reads an answer key; it
-is analysis (the share of kept trajectories whose answer is right), run on
-the kept list after the filter has decided.
+`filter_precision` (and `is_right`, its grade of one trajectory) are the
+only functions here that read an answer key; they are analysis (the share
+of kept trajectories whose answer is right), run on the kept list after
+the filter has decided.
 """
 
 from __future__ import annotations
@@ -278,14 +279,16 @@ def filter_precision(kept: Sequence[Trajectory],
       {'kept', 'known' (kept with a known answer), 'correct', 'precision'
       (correct / known, None when none is known)}.
     """
-    known = correct = 0
-    for t in kept:
-        answer = answers.get(t.uid)
-        if answer is None:
-            continue
-        known += 1
-        problem = dataclasses.replace(as_problem(Prompt(
-            uid=t.uid, question=t.question, source="")), answer=answer)
-        correct += task.reward(problem, t.text) == 1.0
-    return {"kept": len(kept), "known": known, "correct": correct,
-            "precision": correct / known if known else None}
+    known = [t for t in kept if answers.get(t.uid) is not None]
+    correct = sum(is_right(t, answers[t.uid], task) for t in known)
+    return {"kept": len(kept), "known": len(known), "correct": correct,
+            "precision": correct / len(known) if known else None}
+
+
+def is_right(trajectory: Trajectory, answer: str, task) -> bool:
+    """Analysis only: whether the trajectory's text earns full reward
+    against `answer` (`task.reward` of a problem with that answer)."""
+    problem = dataclasses.replace(as_problem(Prompt(
+        uid=trajectory.uid, question=trajectory.question, source="")),
+        answer=answer)
+    return task.reward(problem, trajectory.text) == 1.0
