@@ -100,6 +100,8 @@ class SelfImproveExperiment:
       eval_greedy: held-out problems for greedy accuracy.
       eval_mcts: held-out problems (the first) for eta-MCTS accuracy.
       search_batch: rows per search call.
+      search_temperatures: Q*'s proposal temperature in rounds 1..R, one
+        per round (empty: qstar.proposer.sampling's in every round).
       seed: the loop's seed.
     """
 
@@ -136,6 +138,7 @@ class SelfImproveExperiment:
     eval_greedy: int = 1000
     eval_mcts: int = 64
     search_batch: int = 16
+    search_temperatures: tuple[float, ...] = ()
     seed: int = 0
 
 
@@ -177,6 +180,24 @@ def with_tool(exp: SelfImproveExperiment, tokenizer) -> SelfImproveExperiment:
     return dataclasses.replace(exp, mcts=mcts, qstar=qstar)
 
 
+def qstar_searches(exp: SelfImproveExperiment
+                   ) -> si.SearchSpec | list[si.SearchSpec]:
+    """Q*'s `SearchSpec`, or one per round at `search_temperatures`."""
+    def spec(config):
+        return si.SearchSpec(method="qstar", config=config,
+                             batch_size=exp.search_batch)
+    if not exp.search_temperatures:
+        return spec(exp.qstar)
+    if len(exp.search_temperatures) != exp.rounds:
+        raise SystemExit(f"--search_temperatures: {exp.rounds} values (one "
+                         f"per round), got {exp.search_temperatures}")
+    proposer = exp.qstar.proposer
+    return [spec(dataclasses.replace(exp.qstar, proposer=dataclasses.replace(
+        proposer, sampling=dataclasses.replace(
+            proposer.sampling, temperature=t))))
+        for t in exp.search_temperatures]
+
+
 def load_models(exp: SelfImproveExperiment):
     policy, tokenizer, task_config = load_tiny_policy()
     fast, _, _ = load_tiny_fast_policy()
@@ -211,8 +232,7 @@ def main() -> None:
         search = si.SearchSpec(method="mcts", config=exp.mcts,
                                batch_size=exp.search_batch)
     elif exp.searcher == "qstar":
-        search = si.SearchSpec(method="qstar", config=exp.qstar,
-                               batch_size=exp.search_batch)
+        search = qstar_searches(exp)
     else:
         raise SystemExit(f"--searcher {exp.searcher!r}: use mcts or qstar")
     control = si.SearchSpec(method="best_of_n", batch_size=64,

@@ -23,14 +23,16 @@ from typing import Any
 
 
 def _leaves(config, prefix: str = ""):
-    """(dotted name, field, value) of every leaf field of a dataclass."""
+    """(dotted name, field, value, type hint) of every leaf field of a
+    dataclass."""
+    hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         name = prefix + field.name
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             yield from _leaves(value, name + ".")
         else:
-            yield name, field, value
+            yield name, field, value, hints.get(field.name)
 
 
 def _parse_bool(text: str) -> bool:
@@ -42,12 +44,20 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def _parser_for(value: Any, name: str):
-    """A function parsing one flag's text into the type of `value`."""
+def _tuple_item(hint) -> Any:
+    """A default item of the tuple type `hint` (`tuple[float, ...]`: 0.0),
+    so an empty default still parses its items by type (else text)."""
+    kinds = [k for k in typing.get_args(hint) if k is not Ellipsis]
+    return kinds[0]() if kinds and kinds[0] in (bool, int, float) else ""
+
+
+def _parser_for(value: Any, name: str, hint=None):
+    """A function parsing one flag's text into the type of `value` (an
+    empty tuple: the item type of its field's `hint`)."""
     if isinstance(value, bool):
         return _parse_bool
     if isinstance(value, tuple):
-        item = (_parser_for(value[0], name) if value else str)
+        item = _parser_for(value[0] if value else _tuple_item(hint), name)
 
         def parse_tuple(text: str):
             return tuple(item(x) for x in text.split(",") if x != "")
@@ -72,8 +82,8 @@ def _parser_for(value: Any, name: str):
 def add_config_flags(parser: argparse.ArgumentParser, config) -> None:
     """Adds `--<dotted.name>` for every leaf field of `config` (a frozen
     dataclass instance), with its default shown in --help."""
-    for name, field, value in _leaves(config):
-        parse = _parser_for(value, name)
+    for name, field, value, hint in _leaves(config):
+        parse = _parser_for(value, name, hint)
         doc = field.metadata.get("help", "") if field.metadata else ""
         shown = ",".join(map(str, value)) if isinstance(value, tuple) \
             else value

@@ -18,6 +18,8 @@ from qstar_jax.results import (ResultsFormatError, markdown_table,
 class Inner:
     lam: float = 1.0
     budgets: tuple[int, ...] = (4, 8)
+    weights: tuple[float, ...] = ()
+    tags: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.lam < 0:
@@ -49,6 +51,15 @@ def test_every_leaf_field_is_a_typed_flag():
         _parse(["--seed", "three"])
     with pytest.raises(ValueError, match="lam"):  # The class's own check.
         _parse(["--inner.lam", "-1"])
+
+
+def test_empty_tuple_flags_parse_items_by_their_field_type():
+    got = _parse(["--inner.weights", "0.3,1", "--inner.tags", "a,b"])
+    assert got.inner.weights == (0.3, 1.0)
+    assert all(type(w) is float for w in got.inner.weights)
+    assert got.inner.tags == ("a", "b")
+    with pytest.raises(SystemExit):       # Not a float.
+        _parse(["--inner.weights", "hot"])
 
 
 def test_config_dict_round_trip():

@@ -246,3 +246,22 @@ def test_policy_scores_and_top_share(setup):
         scored[order[0]]]
     with pytest.raises(ValueError, match="top_share"):
         FilterConfig(top_share=0.0)
+
+
+def test_one_search_per_round(setup, tmp_path):
+    task, models, evaluation, kwargs = setup
+    spec = kwargs["search"]
+    hotter = dataclasses.replace(spec, config=dataclasses.replace(
+        spec.config, sampling=SamplingConfig(temperature=1.0)))
+    assert si.round_searches(spec, 3) == (spec,) * 3
+    assert si.round_searches([spec, hotter], 2) == (spec, hotter)
+    with pytest.raises(ValueError, match="one per round"):
+        si.round_searches([spec, hotter], 3)
+    with pytest.raises(ValueError, match="one per round"):
+        si.round_searches([spec, "qstar"], 2)
+    run_dir = tmp_path / "refused"          # rounds=1: two specs refused
+    with pytest.raises(ValueError, match="one per round"):  # before any work.
+        si.run_self_improvement(task, models, evaluation=evaluation,
+                                run_dir=str(run_dir),
+                                **{**kwargs, "search": [spec, hotter]})
+    assert not run_dir.exists()

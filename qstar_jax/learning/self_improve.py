@@ -233,7 +233,8 @@ class LoopResult:
 
 
 def run_self_improvement(task, models: SolverModels, *, imagine: Imagine,
-                         search: SearchSpec, config: LoopConfig,
+                         search: SearchSpec | Sequence[SearchSpec],
+                         config: LoopConfig,
                          originals: Sequence[Problem],
                          evaluation: Evaluation | None, run_dir: str,
                          held_out: Callable[[str], bool] | None = None,
@@ -246,7 +247,10 @@ def run_self_improvement(task, models: SolverModels, *, imagine: Imagine,
       models: the starting policy, its tokenizer, the critics (fixed) and
         the fast policy; each round replaces the policy.
       imagine: the prompt source.
-      search: the searcher of the synthetic prompts.
+      search: the searcher of the synthetic prompts, the same in every
+        round, or R of them, round r's at index r - 1 (for example a
+        hotter proposer once the policy has been fine-tuned on its own
+        searched data and samples fewer distinct steps).
       config: the loop's settings.
       originals: original training problems (gold solutions to mix in).
       evaluation: the per-round held-out evaluation (None: none).
@@ -260,6 +264,7 @@ def run_self_improvement(task, models: SolverModels, *, imagine: Imagine,
     Returns:
       `LoopResult`.
     """
+    searches = round_searches(search, config.rounds)
     os.makedirs(run_dir, exist_ok=True)
     policy = models.policy
     metrics = []
@@ -280,8 +285,8 @@ def run_self_improvement(task, models: SolverModels, *, imagine: Imagine,
         record = {"round": r}
         prompts = _stage_imagine(imagine, r, policy, round_dir, record)
         bar.update(1)
-        trajectories = _stage_search(task, round_models, search, config,
-                                     prompts, r, round_dir, progress)
+        trajectories = _stage_search(task, round_models, searches[r - 1],
+                                     config, prompts, r, round_dir, progress)
         bar.update(1)
         kept = filter_trajectories(trajectories,
                                    threshold=config.filter.threshold,
@@ -304,6 +309,21 @@ def run_self_improvement(task, models: SolverModels, *, imagine: Imagine,
         _write_json(done, record)
         metrics.append(record)
     return LoopResult(policy=policy, metrics=metrics, complete=True)
+
+
+def round_searches(search: SearchSpec | Sequence[SearchSpec],
+                   rounds: int) -> tuple[SearchSpec, ...]:
+    """The `SearchSpec` of rounds 1..R: `search` R times, or `search`
+    itself when it holds R specs (any other count is an error)."""
+    if isinstance(search, SearchSpec):
+        return (search,) * rounds
+    searches = tuple(search)
+    if len(searches) != rounds or not all(
+            isinstance(s, SearchSpec) for s in searches):
+        raise ValueError(f"search: one SearchSpec or {rounds} of them (one "
+                         f"per round), got {len(searches)} "
+                         f"{[type(s).__name__ for s in searches]}")
+    return searches
 
 
 def _stage_imagine(imagine: Imagine, r: int, policy: Decoder,
