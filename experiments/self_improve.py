@@ -274,7 +274,8 @@ def main() -> None:
                 os.path.exists(target):  # The same policy, problems, key.
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.copy(base, target)
-        print(f"== {label}: {spec.method}", flush=True)
+        method = si.round_searches(spec, exp.rounds)[0].method
+        print(f"== {label}: {method}", flush=True)
         out = si.run_self_improvement(task, models, search=spec,
                                       run_dir=run_dir, **common)
         methods.update(round_methods(out.metrics, prefix))

@@ -92,21 +92,29 @@ def add_config_flags(parser: argparse.ArgumentParser, config) -> None:
                             help=f"{doc} (default: {shown})".strip())
 
 
-def _replace(config, path: list[str], value):
-    head = path[0]
-    if len(path) == 1:
-        return dataclasses.replace(config, **{head: value})
-    return dataclasses.replace(
-        config, **{head: _replace(getattr(config, head), path[1:], value)})
+def _apply(config, overrides: dict):
+    """`config` with `overrides` (field -> value, or -> a dict of the nested
+    config's overrides) applied, each dataclass replaced once with all its
+    changes, so its own checks see the final values together."""
+    changes = {}
+    for name, value in overrides.items():
+        changes[name] = (_apply(getattr(config, name), value)
+                         if isinstance(value, dict) else value)
+    return dataclasses.replace(config, **changes)
 
 
 def config_from_args(config, args: argparse.Namespace):
     """`config` with the flags given on the command line applied (the
     dataclasses' own checks run on the result)."""
+    overrides: dict = {}
     for key, value in sorted(vars(args).items()):
         if key.startswith("config.") and value is not None:
-            config = _replace(config, key[len("config."):].split("."), value)
-    return config
+            *parents, leaf = key[len("config."):].split(".")
+            level = overrides
+            for name in parents:
+                level = level.setdefault(name, {})
+            level[leaf] = value
+    return _apply(config, overrides)
 
 
 def config_to_dict(config) -> dict:

@@ -20,10 +20,13 @@ class Inner:
     budgets: tuple[int, ...] = (4, 8)
     weights: tuple[float, ...] = ()
     tags: tuple[str, ...] = ()
+    limit: float = 2.0
 
     def __post_init__(self):
         if self.lam < 0:
             raise ValueError("lam must be >= 0")
+        if self.lam > self.limit:
+            raise ValueError("lam must be <= limit")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,6 +63,15 @@ def test_empty_tuple_flags_parse_items_by_their_field_type():
     assert got.inner.tags == ("a", "b")
     with pytest.raises(SystemExit):       # Not a float.
         _parse(["--inner.weights", "hot"])
+
+
+def test_flags_of_one_config_are_checked_together():
+    # lam = 5 alone breaks lam <= limit (and 'lam' sorts before 'limit'):
+    # the two flags are applied together, then checked.
+    got = _parse(["--inner.lam", "5", "--inner.limit", "6"])
+    assert (got.inner.lam, got.inner.limit) == (5.0, 6.0)
+    with pytest.raises(ValueError, match="limit"):
+        _parse(["--inner.lam", "5"])
 
 
 def test_config_dict_round_trip():
