@@ -180,22 +180,26 @@ def with_tool(exp: SelfImproveExperiment, tokenizer) -> SelfImproveExperiment:
     return dataclasses.replace(exp, mcts=mcts, qstar=qstar)
 
 
-def qstar_searches(exp: SelfImproveExperiment
-                   ) -> si.SearchSpec | list[si.SearchSpec]:
-    """Q*'s `SearchSpec`, or one per round at `search_temperatures`."""
-    def spec(config):
-        return si.SearchSpec(method="qstar", config=config,
-                             batch_size=exp.search_batch)
-    if not exp.search_temperatures:
-        return spec(exp.qstar)
-    if len(exp.search_temperatures) != exp.rounds:
+def at_temperature(qstar: QStarConfig, temperature: float) -> QStarConfig:
+    """`qstar` with its proposer sampling at `temperature`."""
+    proposer = qstar.proposer
+    return dataclasses.replace(qstar, proposer=dataclasses.replace(
+        proposer, sampling=dataclasses.replace(proposer.sampling,
+                                               temperature=temperature)))
+
+
+def qstar_searches(exp: SelfImproveExperiment) -> tuple[si.SearchSpec, ...]:
+    """Q*'s `SearchSpec` of rounds 1..R (at `search_temperatures`, when
+    given)."""
+    temperatures = exp.search_temperatures or (
+        exp.qstar.proposer.sampling.temperature,) * exp.rounds
+    if len(temperatures) != exp.rounds:
         raise SystemExit(f"--search_temperatures: {exp.rounds} values (one "
                          f"per round), got {exp.search_temperatures}")
-    proposer = exp.qstar.proposer
-    return [spec(dataclasses.replace(exp.qstar, proposer=dataclasses.replace(
-        proposer, sampling=dataclasses.replace(
-            proposer.sampling, temperature=t))))
-        for t in exp.search_temperatures]
+    return tuple(si.SearchSpec(method="qstar",
+                               config=at_temperature(exp.qstar, t),
+                               batch_size=exp.search_batch)
+                 for t in temperatures)
 
 
 def load_models(exp: SelfImproveExperiment):

@@ -49,8 +49,8 @@ from qstar_jax.search.qstar import QStarModels, expand_states  # noqa: E402
 from qstar_jax.solver import GreedyConfig, solve  # noqa: E402
 from qstar_jax.tasks.base import Problem  # noqa: E402
 
-from self_improve import (SelfImproveExperiment, load_models,  # noqa: E402
-                          qstar_searches, with_tool)
+from self_improve import (SelfImproveExperiment, at_temperature,  # noqa
+                          load_models, qstar_searches, with_tool)
 
 GREEDY = GreedyConfig(max_tokens=96, prompt_width=96)
 
@@ -163,9 +163,7 @@ def main() -> None:
                          "this analysis reads a Q* run")
     models, task = load_models(exp)
     exp = with_tool(exp, models.tokenizer)
-    searches = qstar_searches(exp)      # The round's Q* (its temperature).
-    qstar = (searches[probe.round - 1] if isinstance(searches, list)
-             else searches).config
+    qstar = qstar_searches(exp)[probe.round - 1].config  # Its temperature.
     search_dir = os.path.join(exp.run_dir, "search")
     round_dir = os.path.join(search_dir, f"round_{probe.round}")
     answers = im.read_answers(round_dir)
@@ -188,12 +186,10 @@ def main() -> None:
             config=qstar, key=1000 * exp.seed + probe.round,
             batch_size=exp.search_batch).summary
         for temperature in probe.temperatures:
-            hotter = dataclasses.replace(qstar, proposer=dataclasses.replace(
-                qstar.proposer, sampling=dataclasses.replace(
-                    qstar.proposer.sampling, temperature=temperature)))
             methods[f"{name}, Q* at temperature {temperature:g}"] = solve(
                 task, problems, method="qstar", models=with_policy,
-                config=hotter, key=1000 * exp.seed + probe.round,
+                config=at_temperature(qstar, temperature),
+                key=1000 * exp.seed + probe.round,
                 batch_size=exp.search_batch).summary
         methods[f"{name}, greedy"] = solve(
             task, problems, method="greedy", models=with_policy,
