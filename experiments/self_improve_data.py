@@ -18,8 +18,10 @@ solutions of the same prompts give:
 With `--filters true` it also reports each filter's precision on the
 round's finished trajectories (the share right among the best scored
 quarter, half, three quarters and all) for the policy's mean
-log-probability and the shipped critics (value, ORM, and the story-probed
-QVM read as a PRM: its min, sum or last step score).
+log-probability, the shipped critics (value, ORM, and the story-probed
+QVM read as a PRM: its min, sum or last step score) and self-consistency
+(the share of 8 fresh policy samples of the prompt that reach the
+trajectory's answer).
 
 Usage (the README's run, on round 1 of the Q* run with the story QVM):
   python experiments/self_improve_data.py \
@@ -45,9 +47,11 @@ from qstar_jax.learning.arithchain_text import parse_question  # noqa: E402
 from qstar_jax.learning.self_improve import (read_trajectories,  # noqa
                                              sft_examples)
 from qstar_jax.learning.trajectory_filter import (  # noqa: E402
-    FilterConfig, Trajectory, filter_precision, is_right,
+    FilterConfig, Trajectory, UngradedTask, filter_precision, is_right,
     score_trajectories, search_prompts)
-from qstar_jax.solver import GreedyConfig, SolverModels, solve  # noqa: E402
+from qstar_jax.sampling.logits import SamplingConfig  # noqa: E402
+from qstar_jax.solver import (GreedyConfig, MajorityVoteConfig,  # noqa
+                              SolverModels, solve)
 from qstar_jax.tasks.arithchain import ArithChain  # noqa: E402
 from qstar_jax.tasks.tiny_critics import load_tiny_critics  # noqa: E402
 from qstar_jax.tasks.tiny_policy import load_tiny_policy  # noqa: E402
@@ -75,6 +79,10 @@ class DataProbe:
         OPTIONAL).
       filters: also compare the filters' precision on the round (without
         it, an earlier run's table of the same round is kept).
+      agreement_samples: with filters, also rank by self-consistency:
+        the share of this many policy samples of each prompt whose answer
+        is the trajectory's (0: not compared).
+      agreement_temperature: those samples' temperature.
       fresh: training problems for gold_fresh.
       seed: the draw of gold_fresh's problems.
       sft: the SFT run (the loop's round settings).
@@ -90,27 +98,53 @@ class DataProbe:
                                    total_steps=250, batch_size=32,
                                    weight_decay=0.05, log_every=50)
     filters: bool = False
+    agreement_samples: int = 8
+    agreement_temperature: float = 0.8
     fresh: int = 1536
     seed: int = 0
     eval_greedy: int = 1000
     results: str = "experiments/results/self_improve_data.json"
 
 
-def filter_table(task, models: SolverModels, trajectories, answers
+def agreement_scores(task, models: SolverModels, trajectories,
+                     samples: int, temperature: float) -> list[Trajectory]:
+    """The trajectories scored by self-consistency: the share of `samples`
+    fresh policy solutions of the same prompt (at `temperature`, key 0)
+    whose answer equals the trajectory's. Reads no answer key."""
+    prompts = [im.Prompt(uid=t.uid, question=t.question, source="")
+               for t in trajectories]
+    votes = solve(
+        UngradedTask(task), [im.as_problem(p) for p in prompts],
+        method="majority_vote", models=models, config=MajorityVoteConfig(
+            num_samples=samples, max_tokens=GREEDY.max_tokens,
+            prompt_width=GREEDY.prompt_width,
+            sampling=SamplingConfig(temperature=temperature)),
+        key=0, batch_size=64, progress=True).records
+    return [dataclasses.replace(t, score=r.details["answer_votes"].get(
+        t.answer, 0) / samples) for t, r in zip(trajectories, votes)]
+
+
+def filter_table(task, models: SolverModels, trajectories, answers,
+                 agreement_samples: int = 0,
+                 agreement_temperature: float = 0.8
                  ) -> dict[str, dict[str, float]]:
-    """'critic/aggregation' -> {share: precision of the best scored share}
-    over the finished trajectories (reads the answer key: analysis)."""
+    """'critic/aggregation' (and 'agreement/<N>' when `agreement_samples`)
+    -> {share: precision of the best scored share} over the finished
+    trajectories (reads the answer key: analysis)."""
     finished = [t for t in trajectories if t.finished]
     table = {}
+    rankings = {}
     for critic, aggregation in FILTERS:
-        scored = score_trajectories(task, finished, models=models,
-                                    config=FilterConfig(
-                                        critic=critic,
-                                        aggregation=aggregation,
-                                        threshold=-1e9))
+        rankings[f"{critic}/{aggregation}"] = score_trajectories(
+            task, finished, models=models, config=FilterConfig(
+                critic=critic, aggregation=aggregation, threshold=-1e9))
+    if agreement_samples:
+        rankings[f"agreement/{agreement_samples}"] = agreement_scores(
+            task, models, finished, agreement_samples, agreement_temperature)
+    for name, scored in rankings.items():
         scored = sorted((t for t in scored if t.score is not None),
                         key=lambda t: -t.score)
-        table[f"{critic}/{aggregation}"] = {
+        table[name] = {
             str(share): filter_precision(
                 scored[:int(round(share * len(scored)))], answers,
                 task)["precision"] for share in SHARES}
@@ -213,7 +247,9 @@ def main() -> None:
         config=config, methods=methods,
         machine=machine, wall_time_s=round(time.perf_counter() - t0, 1),
         extra={"counts": counts,
-               "filters": (filter_table(task, models, searched, answers)
+               "filters": (filter_table(
+                   task, models, searched, answers,
+                   probe.agreement_samples, probe.agreement_temperature)
                            if probe.filters else filters),
                "note": f"greedy on test[:{probe.eval_greedy}] after SFT of "
                        "the shipped policy on each selection"})

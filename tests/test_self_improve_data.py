@@ -67,7 +67,7 @@ def test_selections_counts_and_merged_rows(tmp_path):
     assert methods["gold_kept_prompts"]["examples"] == 4
     # Every trajectory is finished and three of six are right.
     filters = content["extra"]["filters"]
-    assert len(filters) == 6
+    assert len(filters) == 7 and "agreement/8" in filters
     assert all(row["1.0"] == 0.5 for row in filters.values())
     for name in ("shipped policy", "kept_correct", "gold_kept_prompts"):
         assert methods[name]["n"] == 8

@@ -225,6 +225,12 @@ def test_votes_and_mcts_answers_are_consistent(setup, reports):
     for r in _report(reports, setup, "majority_vote").records:
         assert (r.details["votes"] >= 1) == (r.answer is not None)
         assert r.details["answers"] <= r.details["finished_samples"] <= 4
+        votes = r.details["answer_votes"]
+        assert len(votes) == r.details["answers"]
+        assert sum(votes.values()) <= r.details["finished_samples"]
+        if r.answer is not None:
+            assert votes[r.answer] == r.details["votes"] == max(
+                votes.values())
     mcts = _report(reports, setup, "mcts")
     for r in mcts.records:
         assert r.finished == (r.details["node"] >= 0)

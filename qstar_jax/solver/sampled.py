@@ -12,6 +12,7 @@ the finished samples (`task.extract_answer`), ties to the first seen.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 
@@ -221,5 +222,7 @@ def run_majority_vote(models, task, tokens, lengths, keys, stop,
             details={"votes": answers.count(winner) if winner is not None
                      else 0,
                      "answers": len({a for a in answers if a is not None}),
+                     "answer_votes": dict(collections.Counter(
+                         a for a in answers if a is not None)),
                      "finished_samples": len(finished)}))
     return outcomes
