@@ -211,6 +211,7 @@ def run_majority_vote(models, task, tokens, lengths, keys, stop,
         answers = [task.extract_answer(decode(models.tokenizer, ids))
                    if finished else None for ids, finished in row]
         winner = majority_vote(answers)
+        votes = collections.Counter(a for a in answers if a is not None)
         finished = [j for j, (_, done) in enumerate(row) if done]
         if winner is not None:
             pick = answers.index(winner)
@@ -219,10 +220,7 @@ def run_majority_vote(models, task, tokens, lengths, keys, stop,
         outcomes.append(Outcome(
             tokens=row[pick][0], finished=row[pick][1],
             generated_tokens=int(spent[b]), model_calls=1,
-            details={"votes": answers.count(winner) if winner is not None
-                     else 0,
-                     "answers": len({a for a in answers if a is not None}),
-                     "answer_votes": dict(collections.Counter(
-                         a for a in answers if a is not None)),
+            details={"votes": votes[winner] if winner is not None else 0,
+                     "answers": len(votes), "answer_votes": dict(votes),
                      "finished_samples": len(finished)}))
     return outcomes
