@@ -183,6 +183,9 @@ def main():
     parser.add_argument("--lm-shrink-rows", type=int, default=8,
                         help="part (b): also time both batched paths with "
                              "AStarConfig.shrink_rows (0: no)")
+    parser.add_argument("--lm-shrink-ratio", type=float, default=2 / 3,
+                        help="part (b): AStarConfig.shrink_ratio of the "
+                             "shrinking runs")
     parser.add_argument("--lm-host-problems", type=int, default=None,
                         help="part (b): problems the host loop also "
                              "searches (default all)")
@@ -245,7 +248,8 @@ def main():
         lm = lm_end_to_end(num_problems=args.lm_problems, batch=64,
                            host_problems=args.lm_host_problems,
                            repeats=min(args.repeats, 2), seed=args.seed,
-                           shrink_rows=args.lm_shrink_rows)
+                           shrink_rows=args.lm_shrink_rows,
+                           shrink_ratio=args.lm_shrink_ratio)
         results["lm_end_to_end"] = lm
         rates, speed = lm["problems_per_s"], lm["speedups"]
         print("Q* end to end (problems/s): " + ", ".join(

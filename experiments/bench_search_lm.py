@@ -298,7 +298,8 @@ def lm_end_to_end(*, num_problems: int = 64, batch: int = 64,
                   host_problems: int | None = None, repeats: int = 2,
                   seed: int = 0, config: QStarConfig | None = None,
                   critics: tuple[Critic, Critic] | None = None,
-                  depths=(1, 4, 8), shrink_rows: int = 8) -> dict:
+                  depths=(1, 4, 8), shrink_rows: int = 8,
+                  shrink_ratio: float = 2 / 3) -> dict:
     """Runs part (b); returns its JSON section.
 
     Args:
@@ -315,8 +316,10 @@ def lm_end_to_end(*, num_problems: int = 64, batch: int = 64,
         heads.
       depths: depths of the per-expansion cost measurement.
       shrink_rows: when > 0, both batched paths are also timed with
-        `AStarConfig.shrink_rows` (the batch halves as rows finish, down to
-        this many rows) and compared with their full-batch runs.
+        `AStarConfig.shrink_rows` (the batch narrows as rows finish, down
+        to this many rows) and compared with their full-batch runs.
+      shrink_ratio: `AStarConfig.shrink_ratio` of those runs (each
+        stage's width over the previous one).
     """
     config = config or default_config()
     policy, tokenizer, task_config = load_tiny_policy()
@@ -342,7 +345,8 @@ def lm_end_to_end(*, num_problems: int = 64, batch: int = 64,
     configs = dict.fromkeys(searches, config)
     if shrink_rows:
         shrunk = dataclasses.replace(config, search=dataclasses.replace(
-            config.search, shrink_rows=shrink_rows))
+            config.search, shrink_rows=shrink_rows,
+            shrink_ratio=shrink_ratio))
         for name in list(searches):
             searches[f"{name}_shrink"] = searches[name]
             configs[f"{name}_shrink"] = shrunk
@@ -477,6 +481,7 @@ def lm_end_to_end(*, num_problems: int = 64, batch: int = 64,
                    "path_slots": path_slots},
         "critics": "given" if critics else "policy-initialised, random heads",
         "shrink_rows": shrink_rows,
+        "shrink_ratio": shrink_ratio,
         "num_problems": num_problems, "batch": batch,
         "host_problems": host_problems,
         "seconds": {

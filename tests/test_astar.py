@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from qstar_jax.search.astar import (AGGREGATIONS, BUDGET, EXHAUSTED, FULL,
                                     SOLVED, WORST, AStarConfig,
-                                    aggregate_reward, astar_search, priority)
+                                    aggregate_reward, astar_search, priority,
+                                    shrink_widths)
 from qstar_jax.search.astar_tree import (CLOSED, FREE, OPEN, add_children,
                                          best_open_node, init_astar_tree,
                                          recycle)
@@ -161,6 +162,61 @@ def test_shrinking_batch_keeps_each_row_with_its_key():
     assert len(set(expansions.tolist())) > 1     # rows finish apart
     for x, y in zip(jax.tree.leaves(shrunk), jax.tree.leaves(full)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_shrink_widths_ladder():
+    assert shrink_widths(64, 8, 0.5) == [64, 32, 16, 8]
+    assert shrink_widths(64, 8, 2 / 3) == [64, 43, 29, 20, 14, 10, 8]
+    assert shrink_widths(64, 64, 0.5) == [64]
+    assert shrink_widths(5, 1, 0.5) == [5, 3, 2, 1]
+    with pytest.raises(ValueError, match="shrink_ratio"):
+        AStarConfig(shrink_ratio=1.0)
+
+
+def _expected_call_widths(expansions, widths):
+    """The batch width of each model call, from the rows' expansion counts:
+    a row runs for exactly its expansions (it ends in the iteration of its
+    last one), and the running rows move to the next width once they fit."""
+    expansions = np.asarray(expansions)
+    calls, stage = [], 0
+    for t in range(int(expansions.max())):
+        calls.append(widths[stage])
+        running = int(np.sum(expansions > t + 1))
+        while stage + 1 < len(widths) and running <= widths[stage + 1]:
+            stage += 1
+    return calls
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.75])
+def test_rows_leave_the_batch_in_the_iteration_they_end(ratio):
+    """A row ends in the iteration of its last expansion (its terminal pop
+    or its budget stop is taken at once), so a shrinking batch drops it
+    before the next model call; results equal the full batch's."""
+    env = SyntheticEnv(seed=5, branching=3, max_depth=5, invalid_prob=0.1)
+    config = AStarConfig(num_nodes=64, max_expansions=12, lam=0.5,
+                         aggregation="sum", shrink_rows=1,
+                         shrink_ratio=ratio)
+    noisy_expand = _key_dependent_expand(env)
+    widths = []
+
+    def recording_expand(tree, node, keys):
+        b = tree.batch_size
+        jax.debug.callback(lambda: widths.append(b))
+        return noisy_expand(tree, node, keys)
+
+    roots = np.arange(16) * 7 + 1
+    keys = jax.random.split(jax.random.key(3), 16)
+    tree = env.init_tree(roots, num_nodes=64)
+    shrunk = jax.block_until_ready(
+        _jitted_search(recording_expand, config)(tree, keys))
+    full = _jitted_search(noisy_expand, dataclasses.replace(
+        config, shrink_rows=0))(tree, keys)
+    for x, y in zip(jax.tree.leaves(shrunk), jax.tree.leaves(full)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    expansions = np.asarray(full.stats.expansions)
+    assert len(set(expansions.tolist())) > 2
+    assert widths == _expected_call_widths(
+        expansions, shrink_widths(16, 1, ratio))
 
 
 def test_property_instances_cover_every_setting_and_rule():

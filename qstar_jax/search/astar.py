@@ -50,6 +50,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 import flax.struct
@@ -58,7 +59,8 @@ import jax.numpy as jnp
 
 from qstar_jax.search.astar_tree import (CLOSED, OPEN, AStarNodes,
                                          add_children, astar_nodes,
-                                         best_open_node, recycle, set_scores)
+                                         best_open_node, recycle,
+                                         refresh_slots, set_scores)
 from qstar_jax.search.contracts import check_keys, function_name
 from qstar_jax.search.interfaces import (ExpandFn, Expansion, Lookahead,
                                          LookaheadFn, call_if,
@@ -95,13 +97,19 @@ class AStarConfig:
       when_full: 'recycle' (free the lowest-f OPEN leaves to make room) or
         'stop' (the row finishes with status FULL).
       shrink_rows: 0 (off) or the smallest batch to shrink to. When at
-        most half of the batch's rows are still running, those rows are
-        gathered into a batch half as wide (never below shrink_rows) and
-        the search goes on there, so rows that have finished stop costing
-        model work; every row's final state is scattered back to its place.
-        Each row's search is the same computation either way (its own key,
-        its own arrays); only float differences between batch shapes can
-        tip a tie. Each batch width compiles its own loop.
+        most ceil(shrink_ratio x width) of the batch's rows are still
+        running, those rows are gathered into a batch that wide (never
+        below shrink_rows) and the search goes on there, so rows that have
+        finished stop costing model work; every row's final state is
+        scattered back to its place. Each row's search is the same
+        computation either way (its own key, its own arrays); only float
+        differences between batch shapes can tip a tie. Each batch width
+        compiles its own loop. A shrinking search ends a row in the
+        iteration of its last expansion (its terminal pop or budget stop
+        is taken at once, with the same pops), so it leaves sooner.
+      shrink_ratio: in (0, 1), the width of each stage over the previous
+        one (0.5: B, B/2, B/4, ...; 2/3: 64, 43, 29, 20, ...). Closer to 1
+        leaves fewer finished rows in the batch and compiles more loops.
     """
 
     num_nodes: int = 256
@@ -112,6 +120,7 @@ class AStarConfig:
     heuristic: str = "edge"
     when_full: str = "recycle"
     shrink_rows: int = 0
+    shrink_ratio: float = 0.5
 
     def __post_init__(self):
         if self.num_nodes < 2:
@@ -121,6 +130,9 @@ class AStarConfig:
         if self.shrink_rows < 0:
             raise ValueError(f"shrink_rows must be >= 0, got "
                              f"{self.shrink_rows}")
+        if not 0.0 < self.shrink_ratio < 1.0:
+            raise ValueError(f"shrink_ratio must be in (0, 1), got "
+                             f"{self.shrink_ratio}")
         for name, value, allowed in (
                 ("aggregation", self.aggregation, AGGREGATIONS),
                 ("heuristic", self.heuristic, HEURISTICS),
@@ -336,10 +348,16 @@ def _expand(s: _LoopState, node: jax.Array, expanding: jax.Array,
     return s._replace(tree=tree, stats=st), full
 
 
-def _iteration(s: _LoopState, keys: jax.Array, expand_fn: ExpandFn,
-               config: AStarConfig,
-               lookahead_fn: LookaheadFn | None) -> _LoopState:
-    """One pop (and possibly one expansion) for every unfinished row."""
+def _pop(s: _LoopState, config: AStarConfig, *, finishing_only: bool
+         ) -> tuple[_LoopState, jax.Array, jax.Array]:
+    """Pops every unfinished row's best OPEN node and settles the statuses
+    that need no expansion; returns (state, node [B], expanding [B]).
+
+    With `finishing_only`, only the rows whose pop ends their search
+    without an expansion take part: a terminal node that completes their
+    trajectories, no OPEN node, or a non-terminal node past the expansion
+    budget (see `_iteration`); the other rows are left as they are.
+    """
     tree = s.tree
     nodes: AStarNodes = tree.extra
     b, n = nodes.status.shape
@@ -348,9 +366,14 @@ def _iteration(s: _LoopState, keys: jax.Array, expand_fn: ExpandFn,
     node = best_open_node(tree)
     has_open = node_values(nodes.status, node) == OPEN
     terminal = node_values(tree.terminal, node)
+    budget_left = s.stats.expansions < config.max_expansions
+    if finishing_only:
+        running = running & (
+            ~has_open | (terminal & (s.num_found + 1
+                                     >= config.num_trajectories))
+            | (~terminal & ~budget_left))
     live = running & has_open
     pop_terminal = live & terminal
-    budget_left = s.stats.expansions < config.max_expansions
     expanding = live & ~terminal & budget_left
     popped = pop_terminal | expanding
 
@@ -359,13 +382,21 @@ def _iteration(s: _LoopState, keys: jax.Array, expand_fn: ExpandFn,
     # in-place writes below; without it XLA copies f every iteration.
     tree, popped_f = jax.lax.optimization_barrier((tree, popped_f))
     nodes = tree.extra
-    # add_children below rescans the popped node's block.
-    tree = tree.replace(extra=nodes.replace(status=nodes.status.at[
-        rows, jnp.where(popped, node, n)].set(CLOSED, mode="drop")))
+    nodes = nodes.replace(status=nodes.status.at[
+        rows, jnp.where(popped, node, n)].set(CLOSED, mode="drop"))
+    if finishing_only:
+        # Nothing is added to these rows: the closed node's block is
+        # rescanned here (add_children does it after an expansion).
+        nodes = refresh_slots(nodes, jnp.where(popped, node, -1)[:, None])
+    tree = tree.replace(extra=nodes)
     pop_slot = jnp.where(popped, s.num_pops, config.max_pops)
     found_slot = jnp.where(pop_terminal, s.num_found,
                            config.num_trajectories)
     num_found = s.num_found + pop_terminal
+    status = jnp.where(running & ~has_open, EXHAUSTED, s.stats.status)
+    status = jnp.where(live & ~terminal & ~budget_left, BUDGET, status)
+    status = jnp.where(pop_terminal & (num_found >= config.num_trajectories),
+                       SOLVED, status)
     s = s._replace(
         tree=tree,
         pop_order=s.pop_order.at[rows, pop_slot].set(node, mode="drop"),
@@ -374,17 +405,32 @@ def _iteration(s: _LoopState, keys: jax.Array, expand_fn: ExpandFn,
             node, mode="drop"),
         trajectory_f=s.trajectory_f.at[rows, found_slot].set(
             popped_f, mode="drop"),
-        num_found=num_found)
+        num_found=num_found, stats=s.stats.replace(status=status))
+    return s, node, expanding
+
+
+def _iteration(s: _LoopState, keys: jax.Array, expand_fn: ExpandFn,
+               config: AStarConfig, lookahead_fn: LookaheadFn | None, *,
+               finish_ahead: bool) -> _LoopState:
+    """One pop (and possibly one expansion) for every unfinished row; with
+    `finish_ahead`, then the pop of every row whose next pop would end it
+    without an expansion.
+
+    That second pop finishes such a row in this iteration instead of the
+    next (a solved row does not wait an iteration for its terminal pop), so
+    a shrinking batch drops it one iteration sooner; every row's pops,
+    their order and its statistics are the same either way. It costs a
+    second selection per iteration, which only a shrinking batch repays.
+    """
+    s, node, expanding = _pop(s, config, finishing_only=False)
     s, full = _expand(s, node, expanding, keys, expand_fn, config,
                       lookahead_fn)
-
-    status = jnp.where(running & ~has_open, EXHAUSTED, s.stats.status)
-    status = jnp.where(live & ~terminal & ~budget_left, BUDGET, status)
-    status = jnp.where(pop_terminal & (num_found >= config.num_trajectories),
-                       SOLVED, status)
     if config.when_full == "stop":
-        status = jnp.where(expanding & full, FULL, status)
-    return s._replace(stats=s.stats.replace(status=status))
+        s = s._replace(stats=s.stats.replace(status=jnp.where(
+            expanding & full, FULL, s.stats.status)))
+    if finish_ahead:
+        s, _, _ = _pop(s, config, finishing_only=True)
+    return s
 
 
 def _without_models(s: _LoopState) -> tuple[_LoopState, object]:
@@ -420,23 +466,32 @@ def _put_rows(full: _LoopState, rows: jax.Array,
                                      full, part), models)
 
 
-def _search_shrinking(init: _LoopState, keys: jax.Array, iterate,
-                      min_rows: int) -> _LoopState:
-    """Runs `iterate` until every row has finished, halving the batch each
-    time at most half of its rows still run (see `AStarConfig.shrink_rows`).
+def shrink_widths(batch: int, min_rows: int, ratio: float) -> list[int]:
+    """The batch widths of a shrinking search: batch, then each stage
+    ceil(ratio x the previous), never below min_rows (at least 1)."""
+    widths = [batch]
+    while True:
+        nxt = max(min_rows, 1, math.ceil(widths[-1] * ratio))
+        if nxt >= widths[-1]:
+            return widths
+        widths.append(nxt)
 
-    Stages are unrolled at trace time: B, B/2, ... rows, each its own
-    `lax.while_loop`; the running rows move to the front (stable), so every
-    running row is in the next stage. With `min_rows` >= B there is one
-    stage: the plain loop over the whole batch.
+
+def _search_shrinking(init: _LoopState, keys: jax.Array, iterate,
+                      widths: list[int]) -> _LoopState:
+    """Runs `iterate` until every row has finished, moving the running rows
+    to the next, narrower batch of `widths` as soon as they fit in it (see
+    `AStarConfig.shrink_rows`).
+
+    Stages are unrolled at trace time, each its own `lax.while_loop`; the
+    running rows move to the front (stable), so every running row is in the
+    next stage. With one width there is one stage: the plain loop over the
+    whole batch.
     """
     full, s = None, init
     origin = jnp.arange(init.num_pops.shape[0])
-    rows = origin.shape[0]
-    while True:
-        half = rows // 2
-        last = half < max(min_rows, 1)
-        limit = 0 if last else half
+    for i, rows in enumerate(widths):
+        limit = widths[i + 1] if i + 1 < len(widths) else 0
 
         def cond(s, limit=limit):
             return jnp.sum(s.stats.status == RUNNING) > limit
@@ -444,11 +499,11 @@ def _search_shrinking(init: _LoopState, keys: jax.Array, iterate,
         s = jax.lax.while_loop(cond, lambda s, k=keys: iterate(s, k), s)
         # The first stage holds every row in place: nothing to scatter.
         full = s if full is None else _put_rows(full, origin, s)
-        if last:
+        if not limit:
             return full
-        order = jnp.argsort(s.stats.status != RUNNING, stable=True)[:half]
+        order = jnp.argsort(s.stats.status != RUNNING, stable=True)[:limit]
         s, keys, origin = _take_rows(s, order), keys[order], origin[order]
-        rows = half
+    raise AssertionError("unreachable")
 
 
 def astar_search(expand_fn: ExpandFn, tree: Tree, keys: jax.Array, *,
@@ -505,10 +560,11 @@ def astar_search(expand_fn: ExpandFn, tree: Tree, keys: jax.Array, *,
         num_found=zeros, num_pops=zeros, stats=stats,
         pop_order=jnp.full((b, config.max_pops), -1, jnp.int32))
     # shrink_rows 0: a single stage of all B rows, the plain loop.
+    widths = shrink_widths(b, config.shrink_rows or b, config.shrink_ratio)
     s = _search_shrinking(
-        init, keys, lambda s, k: _iteration(s, k, expand_fn, config,
-                                            lookahead_fn),
-        config.shrink_rows or b)
+        init, keys, lambda s, k: _iteration(
+            s, k, expand_fn, config, lookahead_fn,
+            finish_ahead=len(widths) > 1), widths)
 
     found = jnp.arange(m) < s.num_found[:, None]
     best_i = jnp.argmax(jnp.where(found, s.trajectory_f, -jnp.inf), axis=1)

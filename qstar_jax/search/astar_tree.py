@@ -181,7 +181,7 @@ def refresh_selection(nodes: AStarNodes,
         block_worst=nodes.block_worst.at[at].set(worst, mode="drop"))
 
 
-def _refresh_slots(nodes: AStarNodes, slots: jax.Array) -> AStarNodes:
+def refresh_slots(nodes: AStarNodes, slots: jax.Array) -> AStarNodes:
     """Exact block values for the blocks of slots [B, K] (-1 skipped)."""
     if nodes.block_best is None:
         return nodes
@@ -501,7 +501,7 @@ def add_children(tree: Tree, parent: jax.Array, expansion: Expansion,
     # The parent's block is rescanned (it was popped, closed, since the last
     # refresh); the new OPEN children only raise their blocks' maxima and
     # lower their minima.
-    nodes = _open_in_blocks(_refresh_slots(nodes, parent[:, :1]), child, f)
+    nodes = _open_in_blocks(refresh_slots(nodes, parent[:, :1]), child, f)
     tree = tree.replace(children_prior_logits=priors, extra=nodes)
     return (tree.replace(extra=nodes.after_expand(
         tree, parent[:, 0], expansion, insert_mask)), child)
@@ -519,4 +519,4 @@ def set_scores(tree: Tree, nodes: jax.Array, h: jax.Array,
     state: AStarNodes = tree.extra
     state = state.replace(h=put_values(state.h, nodes, h),
                           f=put_values(state.f, nodes, f))
-    return tree.replace(extra=_refresh_slots(state, nodes))
+    return tree.replace(extra=refresh_slots(state, nodes))
