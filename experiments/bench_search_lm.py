@@ -49,7 +49,8 @@ from qstar_jax.models.critic import Critic
 from qstar_jax.models.decoder import Decoder
 from qstar_jax.sampling.logits import SamplingConfig
 from qstar_jax.sampling.proposer import ProposerConfig
-from qstar_jax.search.astar import STATUS_NAMES, AStarConfig
+from qstar_jax.search.astar import (STATUS_NAMES, AStarConfig,
+                                    shrink_schedule, shrink_widths)
 from qstar_jax.search.astar_tree import CLOSED, add_children
 from qstar_jax.search.host_loop import host_qstar, host_qstar_cached
 from qstar_jax.search.interfaces import Expansion
@@ -444,6 +445,13 @@ def lm_end_to_end(*, num_problems: int = 64, batch: int = 64,
     expansions = int(sum(int(o.stats.expansions.sum())
                          for o in outs["cached"]))
     iterations = sum(int(o.stats.expansions.max()) for o in outs["cached"])
+    # Rows computed by the shrinking runs' model calls (num_trajectories
+    # = 1: a row runs for exactly its expansions).
+    shrink_rows_computed = (sum(sum(shrink_schedule(
+        np.asarray(o.stats.expansions),
+        shrink_widths(batch, shrink_rows, shrink_ratio)))
+        for o in outs["cached"]) if shrink_rows
+        and config.search.num_trajectories == 1 else None)
     cached_tokens = sum(int(np.asarray(o.tree.extra.encoded_tokens).sum())
                         for o in outs["cached"])
     reencoding_tokens = sum(
@@ -533,13 +541,18 @@ def lm_end_to_end(*, num_problems: int = 64, batch: int = 64,
             "flops_per_expansion_cached": cflops,
             "peak_matmul_gflops": peak,
             "row_utilization": expansions / (iterations * batch),
+            **({"shrink_widths": shrink_widths(batch, shrink_rows,
+                                               shrink_ratio),
+                "shrink_row_utilization": expansions / shrink_rows_computed}
+               if shrink_rows_computed else {}),
             "compute_floor_seconds_per_expansion": {
                 "reencoding": flops["total"] / (peak * 1e9),
                 "cached": cflops["total"] / (peak * 1e9)},
             "note": "an expansion cannot take less than its FLOPs at the "
                     "machine's peak matmul rate; the batched search also "
                     "computes the rows that have already finished "
-                    "(row_utilization)",
+                    "(row_utilization; shrink_row_utilization with "
+                    "shrinking batches)",
         },
         "agreement": agreement,
     }

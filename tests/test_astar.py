@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from qstar_jax.search.astar import (AGGREGATIONS, BUDGET, EXHAUSTED, FULL,
                                     SOLVED, WORST, AStarConfig,
                                     aggregate_reward, astar_search, priority,
-                                    shrink_widths)
+                                    shrink_schedule, shrink_widths)
 from qstar_jax.search.astar_tree import (CLOSED, FREE, OPEN, add_children,
                                          best_open_node, init_astar_tree,
                                          recycle)
@@ -169,22 +169,9 @@ def test_shrink_widths_ladder():
     assert shrink_widths(64, 8, 2 / 3) == [64, 43, 29, 20, 14, 10, 8]
     assert shrink_widths(64, 64, 0.5) == [64]
     assert shrink_widths(5, 1, 0.5) == [5, 3, 2, 1]
+    assert shrink_schedule([1, 2, 2, 5], [4, 2, 1]) == [4, 4, 1, 1, 1]
     with pytest.raises(ValueError, match="shrink_ratio"):
         AStarConfig(shrink_ratio=1.0)
-
-
-def _expected_call_widths(expansions, widths):
-    """The batch width of each model call, from the rows' expansion counts:
-    a row runs for exactly its expansions (it ends in the iteration of its
-    last one), and the running rows move to the next width once they fit."""
-    expansions = np.asarray(expansions)
-    calls, stage = [], 0
-    for t in range(int(expansions.max())):
-        calls.append(widths[stage])
-        running = int(np.sum(expansions > t + 1))
-        while stage + 1 < len(widths) and running <= widths[stage + 1]:
-            stage += 1
-    return calls
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.75])
@@ -215,8 +202,8 @@ def test_rows_leave_the_batch_in_the_iteration_they_end(ratio):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     expansions = np.asarray(full.stats.expansions)
     assert len(set(expansions.tolist())) > 2
-    assert widths == _expected_call_widths(
-        expansions, shrink_widths(16, 1, ratio))
+    assert widths == shrink_schedule(expansions,
+                                     shrink_widths(16, 1, ratio))
 
 
 def test_property_instances_cover_every_setting_and_rule():

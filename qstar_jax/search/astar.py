@@ -477,6 +477,24 @@ def shrink_widths(batch: int, min_rows: int, ratio: float) -> list[int]:
         widths.append(nxt)
 
 
+def shrink_schedule(expansions, widths: list[int]) -> list[int]:
+    """The batch width of every iteration of a shrinking search (host
+    side, for cost accounting), given each row's expansion count [B].
+
+    With finish-ahead a row runs for exactly its expansions when it never
+    pops a terminal node without finishing (num_trajectories = 1); the
+    running rows move to the next width as soon as they fit in it.
+    """
+    counts = [int(e) for e in expansions]
+    calls, stage = [], 0
+    for t in range(max(counts, default=0)):
+        calls.append(widths[stage])
+        running = sum(e > t + 1 for e in counts)
+        while stage + 1 < len(widths) and running <= widths[stage + 1]:
+            stage += 1
+    return calls
+
+
 def _search_shrinking(init: _LoopState, keys: jax.Array, iterate,
                       widths: list[int]) -> _LoopState:
     """Runs `iterate` until every row has finished, moving the running rows
