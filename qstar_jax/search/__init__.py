@@ -5,7 +5,8 @@ from qstar_jax.search.alphallm import (AlphaLLMConfig, AlphaLLMModels,
                                        calculator_step_check, evaluate_nodes,
                                        mcts_search, propose_options)
 from qstar_jax.search.astar import (AStarConfig, SearchResult, SearchStats,
-                                    astar_search)
+                                    astar_search, shrink_schedule,
+                                    shrink_widths)
 from qstar_jax.search.astar_tree import AStarNodes, init_astar_tree
 from qstar_jax.search.baselines import (best_of_n, majority_vote,
                                         sample_solutions, solution_scores)
@@ -33,6 +34,7 @@ __all__ = [
     "beam_search", "best_of_n", "calculator_step_check", "evaluate_nodes",
     "expand_nodes", "expand_states", "init_astar_tree", "init_tree",
     "lookahead_values", "majority_vote", "mcts_search", "propose_options",
-    "qstar_search", "run_mcts", "sample_solutions", "solution_scores",
-    "state_tokens", "terminal_leaves", "trajectory_steps", "weighted_vote",
+    "qstar_search", "run_mcts", "sample_solutions", "shrink_schedule",
+    "shrink_widths", "solution_scores", "state_tokens", "terminal_leaves",
+    "trajectory_steps", "weighted_vote",
 ]
