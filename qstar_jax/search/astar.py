@@ -508,8 +508,9 @@ def _search_shrinking(init: _LoopState, keys: jax.Array, iterate,
     """
     full, s = None, init
     origin = jnp.arange(init.num_pops.shape[0])
-    for i, rows in enumerate(widths):
-        limit = widths[i + 1] if i + 1 < len(widths) else 0
+    # Each stage runs until the running rows fit in the next width (the
+    # last one until none runs).
+    for limit in widths[1:] + [0]:
 
         def cond(s, limit=limit):
             return jnp.sum(s.stats.status == RUNNING) > limit
@@ -517,11 +518,12 @@ def _search_shrinking(init: _LoopState, keys: jax.Array, iterate,
         s = jax.lax.while_loop(cond, lambda s, k=keys: iterate(s, k), s)
         # The first stage holds every row in place: nothing to scatter.
         full = s if full is None else _put_rows(full, origin, s)
-        if not limit:
-            return full
-        order = jnp.argsort(s.stats.status != RUNNING, stable=True)[:limit]
-        s, keys, origin = _take_rows(s, order), keys[order], origin[order]
-    raise AssertionError("unreachable")
+        if limit:
+            order = jnp.argsort(s.stats.status != RUNNING,
+                                stable=True)[:limit]
+            s, keys, origin = (_take_rows(s, order), keys[order],
+                               origin[order])
+    return full
 
 
 def astar_search(expand_fn: ExpandFn, tree: Tree, keys: jax.Array, *,
